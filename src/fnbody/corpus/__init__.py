@@ -1,0 +1,1 @@
+"""The corpus: CodeSearchNet-style records of Python functions with docstrings."""

@@ -1,0 +1,158 @@
+"""Files: atomic writes (temp file, fsync, rename) and jsonl(.gz) reading that names the bad line."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from fnbody.errors import FnbodyError
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[io.IOBase]:
+    """Open a temporary file beside `path`; on clean exit fsync it and rename it over `path`.
+
+    On an exception (Ctrl-C included) the temporary file is removed, so `path` is either the old
+    complete file or the new complete file, never a partial one. `.gz` paths are gzip-compressed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    binary = "b" in mode
+    try:
+        with open(tmp, "wb") as raw:
+            if path.suffix == ".gz":
+                # mtime=0 keeps the bytes reproducible, so content hashes are stable.
+                with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+                    if binary:
+                        yield gz
+                    else:
+                        with io.TextIOWrapper(gz, encoding=encoding, newline="") as f:
+                            yield f
+            elif binary:
+                yield raw
+            else:
+                f = io.TextIOWrapper(raw, encoding=encoding, newline="")
+                yield f
+                f.flush()
+                f.detach()
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` atomically."""
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write `obj` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file, with an error naming the file when it is missing or malformed."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FnbodyError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise FnbodyError(f"{path}: not valid JSON ({e})") from None
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
+    """Write rows as jsonl (gzip when the name ends in .gz), atomically. Returns the row count."""
+    n = 0
+    with atomic_open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="strict")
+    return path.open("r", encoding="utf-8")
+
+
+def iter_jsonl(path: str | os.PathLike, *, skip_invalid: bool = False, stats: dict | None = None) -> Iterator[tuple[int, dict]]:
+    """Yield `(line_number, row)` from a jsonl(.gz) file.
+
+    A line that is not a JSON object raises `FnbodyError` naming the file and line, unless
+    `skip_invalid` is set; then it is counted in `stats["invalid_lines"]` and skipped.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FnbodyError(f"{path}: file not found")
+    try:
+        with _open_text(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    if not isinstance(row, dict):
+                        raise ValueError("not a JSON object")
+                except ValueError as e:
+                    if skip_invalid:
+                        if stats is not None:
+                            stats["invalid_lines"] = stats.get("invalid_lines", 0) + 1
+                        continue
+                    raise FnbodyError(f"{path}:{lineno}: malformed jsonl line ({e})") from None
+                yield lineno, row
+    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as e:
+        raise FnbodyError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+
+
+def read_jsonl(path: str | os.PathLike, **kwargs) -> list[dict]:
+    """Read a whole jsonl(.gz) file into a list of rows (see `iter_jsonl`)."""
+    return [row for _, row in iter_jsonl(path, **kwargs)]
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def replace_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> None:
+    """Move a fully written `tmp_dir` into place as `final_dir`, replacing any old one.
+
+    The old directory is renamed aside first, so at every instant either the old or the new
+    complete directory exists under a known name.
+    """
+    tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
+    old = final_dir.with_name(final_dir.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final_dir.exists():
+        os.replace(final_dir, old)
+    os.replace(tmp_dir, final_dir)
+    if old.exists():
+        shutil.rmtree(old)

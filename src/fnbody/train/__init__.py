@@ -1,0 +1,1 @@
+"""One model-agnostic training loop, its checkpoints and distributed set-up."""
