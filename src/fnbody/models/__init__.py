@@ -1,0 +1,1 @@
+"""Models: one model per file, its config beside it."""

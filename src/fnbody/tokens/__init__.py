@@ -1,0 +1,1 @@
+"""Tokenisers: code tokens, subword BPE, byte-level BPE, character vocabularies."""
