@@ -74,3 +74,8 @@ def iter_split(corpus_dir: str | Path, split: str, max_samples: int | None = Non
 def read_split(corpus_dir: str | Path, split: str, max_samples: int | None = None) -> list[dict]:
     """All records of one split (see `iter_split`)."""
     return list(iter_split(corpus_dir, split, max_samples))
+
+
+def task_id(record: dict) -> str:
+    """The stable id of a corpus function in sample files: `repo/path:func_name:lineno`."""
+    return f"{record.get('repo')}/{record.get('path')}:{record.get('func_name')}:{record.get('lineno')}"
