@@ -160,15 +160,31 @@ def apply_overrides(cfg: T, overrides: list[str] | None) -> T:
     data = to_dict(cfg)
     for text in overrides:
         path, value = parse_override(text)
-        node = data
+        node: Any = data
         for part in path[:-1]:
-            if not isinstance(node.get(part), dict):
+            node = _child(node, part, text)
+            if not isinstance(node, (dict, list)):
                 raise FnbodyError(f"override {text!r}: {part!r} is not a config section")
-            node = node[part]
-        if path[-1] not in node:
+        last = path[-1]
+        if isinstance(node, list):
+            _child(node, last, text)
+            node[int(last)] = value
+        elif last not in node:
             raise FnbodyError(f"override {text!r}: unknown key {'.'.join(path)!r}")
-        node[path[-1]] = value
+        else:
+            node[last] = value
     return from_dict(type(cfg), data)
+
+
+def _child(node: Any, part: str, text: str) -> Any:
+    """Step into a dict by key or a list by index (`lms.0.lr`), naming the override on failure."""
+    if isinstance(node, list):
+        if not part.isdigit() or int(part) >= len(node):
+            raise FnbodyError(f"override {text!r}: {part!r} is not an index below {len(node)}")
+        return node[int(part)]
+    if not isinstance(node, dict) or part not in node:
+        raise FnbodyError(f"override {text!r}: unknown key {part!r}")
+    return node[part]
 
 
 def config_hash(obj: Any) -> str:
