@@ -1,0 +1,116 @@
+"""Commands: `fnbody train search`, `fnbody eval search`, `fnbody search index`, `fnbody search query`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from fnbody.errors import FnbodyError
+
+ENCODER_CHOICES = ("nbow", "rnn", "cnn", "selfatt")
+
+
+def register(sub, groups) -> None:
+    """Add the search subcommands to the train, eval and search groups."""
+    p = groups["train"].add_parser("search", help="train a two-tower code-search model (CSN baselines)",
+                                   description="Train query/code encoders with CSN defaults; writes metrics.jsonl, curves.png and checkpoints.")
+    p.add_argument("--corpus", required=True, help="fnbody corpus folder (train and valid splits)")
+    p.add_argument("--encoder", choices=ENCODER_CHOICES, default="nbow", help="encoder of both towers (default nbow)")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--loss", choices=("softmax", "cosine", "max-margin"), help="in-batch loss (default: cosine for nbow, softmax otherwise)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--max-epochs", type=int, help="stop after this many epochs (default 300, early stopping usually ends sooner)")
+    p.add_argument("--max-samples", type=int, help="read at most this many functions per split")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. model.rnn_cell=lstm, train.batch_size=200, train.lr=1e-3")
+    p.set_defaults(func=cmd_train)
+
+    p = groups["eval"].add_parser("search", help="MRR of a search run: CSN protocol on the test split, plus the real CSN sample")
+    p.add_argument("run", help="search run folder")
+    p.add_argument("--corpus", required=True, help="fnbody corpus folder (its test split is scored)")
+    p.add_argument("--csn-sample", help="folder of real CSN jsonl rows scored as a whole pool (default: the shared 250-row sample)")
+    p.add_argument("--no-csn-sample", action="store_true", help="skip the real-CSN-sample score")
+    p.add_argument("--max-samples", type=int, help="score at most this many test functions")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = groups["search"].add_parser("index", help="embed a corpus's functions into a search index")
+    p.add_argument("run", help="search run folder")
+    p.add_argument("--corpus", required=True, help="fnbody corpus folder")
+    p.add_argument("--out", required=True, help="index folder to write")
+    p.add_argument("--splits", default="train,valid,test", help="comma-separated splits to index (default all)")
+    p.add_argument("--max-samples", type=int, help="index at most this many functions per split")
+    p.add_argument("--overwrite", action="store_true", help="replace an index built with another model")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.set_defaults(func=cmd_index)
+
+    p = groups["search"].add_parser("query", help="rank indexed functions for a natural-language query")
+    p.add_argument("index", help="index folder")
+    p.add_argument("text", help='what the function does, e.g. "read a csv file"')
+    p.add_argument("-k", type=int, default=10, help="results to show (default 10)")
+    p.add_argument("--run", help="refuse the index unless it was built with this run's model")
+    p.add_argument("--json", action="store_true", help="print the records as JSON")
+    p.set_defaults(func=cmd_query)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fnbody.corpus.io import check_corpus
+    from fnbody.search.train import config_with_overrides, train_search
+
+    check_corpus(args.corpus)
+    overrides = list(args.set)
+    for flag, key in ((args.loss, "model.loss"), (args.max_steps, "train.max_steps"), (args.max_epochs, "train.max_epochs"), (args.device, "train.device")):
+        if flag is not None:
+            overrides.append(f"{key}={json.dumps(flag)}")
+    cfg = config_with_overrides(args.encoder, overrides)
+    result = train_search(args.corpus, args.out, cfg, resume=args.resume, max_samples=args.max_samples, argv=sys.argv)
+    best = result["best"]
+    msg = f"trained {cfg.model.encoder} ({cfg.model.loss}) for {result['step']} steps, {result['epoch']:.2f} epochs -> {args.out}"
+    if best:
+        msg += f"\nbest valid MRR {best['valid_mrr']:.4f} ({best['valid_mrr_protocol']}, n={best['valid_mrr_n']}) at epoch {best['epoch']:.2f}"
+    print(msg)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fnbody.search.evaluate import CSN_SAMPLE, evaluate_search, format_result
+
+    sample = None if args.no_csn_sample else (args.csn_sample or CSN_SAMPLE)
+    if args.csn_sample and not args.no_csn_sample:
+        from pathlib import Path
+
+        if not Path(args.csn_sample).is_dir():
+            raise FnbodyError(f"{args.csn_sample}: CSN sample folder not found")
+    result = evaluate_search(args.run, args.corpus, csn_sample=sample, max_samples=args.max_samples, device=args.device)
+    print(json.dumps(result, indent=2) if args.json else format_result(result))
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from fnbody.corpus.io import check_corpus, iter_split
+    from fnbody.search.index import build_index
+
+    check_corpus(args.corpus)
+    splits = [s for s in args.splits.split(",") if s]
+    records = [r for s in splits for r in iter_split(args.corpus, s, args.max_samples)]
+    info = build_index(args.run, records, args.out, overwrite=args.overwrite, source=f"{args.corpus}:{','.join(splits)}", device=args.device)
+    print(f"indexed {info['count']} functions ({info['encoder']}, {info['functions_per_s']:.0f} functions/s) -> {args.out}")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from fnbody.search.index import SearchIndex
+
+    hits = SearchIndex.load(args.index, run=args.run).query(args.text, args.k)
+    if args.json:
+        print(json.dumps(hits, indent=2, ensure_ascii=False))
+        return 0
+    for h in hits:
+        print(f"{h['rank']:>3}. {h['score']:.4f}  {h['repo']}  {h['path']}  {h['func_name']}")
+        print("\n".join("       " + line for line in h["snippet"].splitlines()))
+        print()
+    return 0

@@ -1,0 +1,125 @@
+"""A trained search model loaded once for inference: text and records in, vectors out.
+
+Works on a training run folder (weights in `checkpoints/best/`) and on the copy an index keeps
+(`INDEX/model/`, weights beside the vocabularies), so an index is self-contained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from fnbody.errors import FnbodyError
+
+KIND = "search"
+QUERY_VOCAB = "query_vocab.json"
+CODE_VOCAB = "code_vocab.json"
+WEIGHTS = "model.safetensors"
+
+
+def weights_path(model_dir: str | Path) -> Path:
+    """Where the inference weights of a run (best checkpoint) or an index model copy live."""
+    model_dir = Path(model_dir)
+    for p in (model_dir / "checkpoints" / "best" / WEIGHTS, model_dir / WEIGHTS):
+        if p.exists():
+            return p
+    raise FnbodyError(f"{model_dir}: no trained weights (expected checkpoints/best/{WEIGHTS}); train it with `fnbody train search` or continue with --resume")
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """SHA-256 over the weights, both vocabularies and the model config: what an index's vectors depend on."""
+    from fnbody.config import read_run_info
+
+    model_dir = Path(model_dir)
+    h = hashlib.sha256()
+    h.update(json.dumps(read_run_info(model_dir)["config"]["model"], sort_keys=True).encode())
+    for p in (weights_path(model_dir), model_dir / QUERY_VOCAB, model_dir / CODE_VOCAB):
+        if not p.exists():
+            raise FnbodyError(f"{model_dir}: search run is missing {p.name}")
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+class Embedder:
+    """Query and code encoders of a trained two-tower model, with their vocabularies; loaded once."""
+
+    def __init__(self, model, query_vocab, code_vocab, model_dir: Path, fingerprint: str, device: str = "cpu") -> None:
+        self.model = model
+        self.query_vocab = query_vocab
+        self.code_vocab = code_vocab
+        self.cfg = model.cfg
+        self.model_dir = model_dir
+        self.fingerprint = fingerprint
+        self.device = device
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: str = "cpu") -> "Embedder":
+        """Load a search run (or an index's model copy); FnbodyError naming any missing or wrong file."""
+        import torch
+        from safetensors.torch import load_model
+
+        from fnbody.config import from_dict, read_run_info
+        from fnbody.search.model import SearchModelConfig, TwoTowerModel
+        from fnbody.tokens.subword import SubwordVocab
+
+        model_dir = Path(model_dir)
+        info = read_run_info(model_dir)
+        if info.get("kind") != KIND:
+            raise FnbodyError(f"{model_dir}: a {info.get('kind')!r} run, not a search run")
+        cfg = from_dict(SearchModelConfig, info["config"]["model"])
+        qv, cv = SubwordVocab.load(model_dir / QUERY_VOCAB), SubwordVocab.load(model_dir / CODE_VOCAB)
+        model = TwoTowerModel(cfg, qv.size, cv.size)
+        wpath = weights_path(model_dir)
+        try:
+            missing, unexpected = load_model(model, str(wpath), strict=False)
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise FnbodyError(f"{wpath}: corrupt weights ({type(e).__name__}: {e})") from None
+        if missing or unexpected:
+            raise FnbodyError(f"{wpath}: weights do not match the model config (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        model.to(torch.device(device)).eval()
+        return cls(model, qv, cv, model_dir, model_fingerprint(model_dir), device)
+
+    @property
+    def normalized(self) -> bool:
+        """Whether vectors are unit length (cosine loss), so a dot product is the training similarity."""
+        return self.cfg.loss == "cosine"
+
+    def _encode(self, encoder, ids: list[list[int]], batch_size: int, desc: str = "") -> np.ndarray:
+        import torch
+
+        from fnbody.progress import progress
+        from fnbody.search.data import pad_ids
+
+        out = np.zeros((len(ids), self.cfg.emb_dim), dtype=np.float32)
+        # Sorting by length keeps padding (and so wasted work) small in each batch.
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        starts = range(0, len(ids), batch_size)
+        bar = progress(starts, desc=desc, unit="batch", disable=None if desc and len(ids) > batch_size else True)
+        with torch.inference_mode():
+            for s in bar:
+                idx = order[s:s + batch_size]
+                v = encoder(pad_ids([ids[i] for i in idx]).to(self.device))
+                if self.normalized:
+                    v = torch.nn.functional.normalize(v, dim=-1)
+                out[idx] = v.float().cpu().numpy()
+        return out
+
+    def embed_query_tokens(self, token_lists: Sequence[Sequence[str]], batch_size: int = 1000) -> np.ndarray:
+        """(N, C) query vectors from docstring-token lists."""
+        ids = self.query_vocab.encode_batch(token_lists, self.cfg.query_max_len)
+        return self._encode(self.model.query_encoder, ids, batch_size)
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, C) query vectors from free text; FnbodyError for an empty or stop-word-only query."""
+        from fnbody.search.data import query_tokens
+
+        return self.embed_query_tokens([query_tokens(t) for t in texts])
+
+    def embed_code_tokens(self, token_lists: Sequence[Sequence[str]], batch_size: int = 500, desc: str = "") -> np.ndarray:
+        """(N, C) code vectors from code-token lists."""
+        ids = self.code_vocab.encode_batch(token_lists, self.cfg.code_max_len)
+        return self._encode(self.model.code_encoder, ids, batch_size, desc)

@@ -1,0 +1,158 @@
+"""Training a two-tower search model on a corpus with the shared Trainer (CSN hyperparameters by default)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fnbody.errors import FnbodyError
+from fnbody.search.data import PairDataset, collate_pairs, encode_pairs, pad_ids
+from fnbody.search.embed import CODE_VOCAB, KIND, QUERY_VOCAB
+from fnbody.search.losses import retrieval_loss
+from fnbody.search.metrics import CSN_EVAL_BATCH, batched_mrr, mean_reciprocal_rank
+from fnbody.search.model import SearchModelConfig, TwoTowerModel
+from fnbody.train.loop import Callback, TrainConfig, read_metrics
+
+CURVES = "curves.png"
+
+
+@dataclass
+class SearchTrainConfig:
+    """Everything `fnbody train search` resolves: model, optimisation and data settings."""
+
+    model: SearchModelConfig = field(default_factory=SearchModelConfig, metadata={"help": "two-tower architecture"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "optimisation"})
+    func_name_fraction: float = field(default=0.1, metadata={"help": "share of training queries replaced by the function name (CSN)"})
+    vocab_min_frequency: int = field(default=2, metadata={"help": "minimum count for a BPE merge"})
+    max_valid: int = field(default=0, metadata={"help": "cap on validation pairs scored each epoch (0 = all)"})
+
+
+def default_config(encoder: str) -> SearchTrainConfig:
+    """CSN's documented defaults for `encoder`: Adam, lr decay 0.98 per epoch, clip 1, patience 5 on valid MRR."""
+    # NBoW: batch 1000, lr 0.01, cosine loss. The sequence encoders use CSN's smaller lr and the softmax loss.
+    batch, lr, loss = {"nbow": (1000, 0.01, "cosine"), "cnn": (1000, 5e-4, "softmax"),
+                       "rnn": (1000, 5e-4, "softmax"), "selfatt": (450, 5e-4, "softmax")}[encoder]
+    train = TrainConfig(batch_size=batch, max_epochs=300, optimizer="adam", lr=lr, schedule="exp-epoch", lr_decay=0.98,
+                        clip_norm=1.0, patience=5, best_metric="valid_mrr", best_mode="max", log_every=10)
+    return SearchTrainConfig(model=SearchModelConfig(encoder=encoder, loss=loss), train=train)
+
+
+@torch.no_grad()
+def embed_dataset(model: TwoTowerModel, data: PairDataset, batch_size: int = CSN_EVAL_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw query and code embeddings (N, C) of a pair dataset, in order."""
+    device = next(model.parameters()).device
+    qs, cs = [], []
+    for s in range(0, len(data), batch_size):
+        qs.append(model.encode_queries(pad_ids(data.query_ids[s:s + batch_size]).to(device)).float().cpu())
+        cs.append(model.encode_code(pad_ids(data.code_ids[s:s + batch_size]).to(device)).float().cpu())
+    return torch.cat(qs), torch.cat(cs)
+
+
+def score_pairs(model: TwoTowerModel, data: PairDataset, loss_batch: int) -> dict:
+    """Valid loss (over full training-size batches) and MRR (CSN batches of 1000, or the whole pool when smaller)."""
+    q, c = embed_dataset(model, data)
+    cfg = model.cfg
+    b = min(loss_batch, len(q))
+    losses = [retrieval_loss(q[s:s + b], c[s:s + b], cfg.loss, cfg.margin).item() for s in range(0, len(q) - b + 1, b)]
+    sims = model.scores(q, c).numpy() if len(q) < CSN_EVAL_BATCH else None
+    if sims is not None:
+        mrr, n, how = mean_reciprocal_rank(sims), len(q), "pool"
+    else:
+        qn, cn = (torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(c, dim=-1)) if cfg.loss == "cosine" else (q, c)
+        mrr, n = batched_mrr(qn.numpy(), cn.numpy())
+        how = "csn1000"
+    return {"valid_loss": float(np.mean(losses)), "valid_mrr": mrr, "valid_mrr_n": n, "valid_mrr_protocol": how}
+
+
+class CurvesCallback(Callback):
+    """Redraws the report's Figures 5-8 (train/valid loss and valid MRR per epoch) after each evaluation."""
+
+    def on_eval_end(self, trainer, metrics: dict) -> None:
+        plot_search_curves(trainer.out_dir)
+
+
+def plot_search_curves(run_dir: str | Path) -> Path | None:
+    """PNG with a loss panel (train, valid) and a valid-MRR panel, x = epoch."""
+    from fnbody.plots import plot_curves
+
+    return plot_curves(read_metrics(run_dir), Path(run_dir) / CURVES,
+                       panels=[("loss", ["train_loss", "valid_loss"]), ("valid MRR", ["valid_mrr"])], x="epoch")
+
+
+def build_vocabs(train_records: list[dict], cfg: SearchTrainConfig, out_dir: Path, resume: bool):
+    """BPE vocabularies for both towers from the train split (reused on resume, so ids stay stable)."""
+    from fnbody.tokens.subword import SubwordVocab, train_subword_vocab
+
+    qpath, cpath = out_dir / QUERY_VOCAB, out_dir / CODE_VOCAB
+    if resume and qpath.exists() and cpath.exists():
+        return SubwordVocab.load(qpath), SubwordVocab.load(cpath)
+    qv = train_subword_vocab((r.get("docstring_tokens") or [] for r in train_records), cfg.model.vocab_size, cfg.vocab_min_frequency)
+    cv = train_subword_vocab((r.get("code_tokens") or [] for r in train_records), cfg.model.vocab_size, cfg.vocab_min_frequency)
+    qv.save(qpath)
+    cv.save(cpath)
+    return qv, cv
+
+
+def train_search(corpus: str | Path, out_dir: str | Path, cfg: SearchTrainConfig, *, resume: bool = False,
+                 max_samples: int | None = None, argv: list[str] | None = None) -> dict:
+    """Train on `corpus`'s train split, early-stop on valid MRR, write the run folder; returns the final metrics row."""
+    from fnbody.config import read_run_info, to_dict, write_run_info
+    from fnbody.corpus.io import read_split
+    from fnbody.seed import set_seed
+    from fnbody.train.loop import Trainer
+
+    out_dir = Path(out_dir)
+    if resume:
+        if not (out_dir / "checkpoints" / "last").exists():
+            raise FnbodyError(f"{out_dir}: nothing to resume (no checkpoints/last)")
+        old = read_run_info(out_dir)["config"]
+        if old["model"] != to_dict(cfg.model):
+            raise FnbodyError(f"{out_dir}: model config differs from the run being resumed; resume with the same settings")
+    elif (out_dir / "checkpoints").exists():
+        raise FnbodyError(f"{out_dir}: already holds a training run; pass --resume to continue it or choose another --out")
+    train_records = read_split(corpus, "train", max_samples)
+    valid_records = read_split(corpus, "valid", max_samples)
+    if len(train_records) < 2:
+        raise FnbodyError(f"{corpus}: train split has {len(train_records)} functions; in-batch training needs at least 2")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    qv, cv = build_vocabs(train_records, cfg, out_dir, resume)
+    m = cfg.model
+    train_data = encode_pairs(train_records, qv, cv, m.query_max_len, m.code_max_len, cfg.func_name_fraction, cfg.train.seed)
+    if cfg.max_valid:
+        valid_records = valid_records[:cfg.max_valid]
+    valid_data = encode_pairs(valid_records, qv, cv, m.query_max_len, m.code_max_len)
+    write_run_info(out_dir, KIND, cfg, argv, corpus=str(corpus), counts={"train": len(train_data), "valid": len(valid_data)},
+                   vocab_sizes={"query": qv.size, "code": cv.size})
+    set_seed(cfg.train.seed)
+    model = TwoTowerModel(m, qv.size, cv.size)
+    batch = min(cfg.train.batch_size, len(train_data))
+
+    def compute_loss(model, batch_: dict) -> torch.Tensor:
+        return model(batch_["query"], batch_["code"])[2]
+
+    evaluate = (lambda mdl: score_pairs(mdl, valid_data, batch)) if len(valid_data) >= 2 else None
+    trainer = Trainer(model, cfg.train, train_data, collate_pairs, compute_loss, out_dir, evaluate=evaluate, callbacks=[CurvesCallback()])
+    trainer.fit(resume=resume)
+    if evaluate is None:  # no validation set: the last weights are the best we know
+        from fnbody.train.checkpoint import save_checkpoint
+
+        save_checkpoint(out_dir / "checkpoints" / "best", model, None, {"step": trainer.step})
+    plot_search_curves(out_dir)
+    evals = [r for r in read_metrics(out_dir) if "valid_mrr" in r]
+    best = max(evals, key=lambda r: r["valid_mrr"] if math.isfinite(r["valid_mrr"]) else -1) if evals else {}
+    return {"step": trainer.step, "epoch": trainer.epoch_float, "best": best}
+
+
+def config_with_overrides(encoder: str, overrides: list[str] | None) -> SearchTrainConfig:
+    """Defaults for `encoder` with `--set` overrides (e.g. model.rnn_cell=lstm, train.lr=1e-3) applied."""
+    from fnbody.config import apply_overrides
+
+    cfg = apply_overrides(default_config(encoder), overrides)
+    if cfg.model.encoder != encoder:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=encoder))
+    return cfg
