@@ -1,0 +1,92 @@
+"""Request and response bodies: the OpenAI completions schema (the parts fnbody honours) and search.
+
+Requests are strict: wrong JSON types are rejected rather than coerced ("5" is not an integer),
+and unknown fields are refused by name, so a client sending a parameter we would silently ignore
+(`logprobs`, `suffix`, ...) learns it at once instead of getting a different answer than it asked for.
+Limits that depend on the server's settings (max_tokens cap, n cap) are checked in the app.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class CompletionRequest(_Strict):
+    """POST /v1/completions (OpenAI legacy completions)."""
+
+    model: str | None = Field(default=None, description="model id from GET /v1/models; omitted = the served model")
+    prompt: str | list[str] = Field(description="signature + docstring (a `def` line), or a list of them")
+    max_tokens: int | None = Field(default=None, ge=1, description="most tokens to generate (characters for a char-RNN)")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 = greedy decoding")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
+    top_k: int = Field(default=0, ge=0, description="fnbody extension: sample among the k most likely tokens (0 = off)")
+    n: int = Field(default=1, ge=1, description="completions per prompt")
+    stop: str | list[str] | None = Field(default=None, description="up to 4 extra stop strings")
+    stream: bool = Field(default=False, description="stream text as server-sent events ending with `data: [DONE]`")
+    seed: int | None = Field(default=None, description="sampling seed (temperature > 0); omitted = a fresh one")
+    echo: bool = Field(default=False, description="prefix each completion with its prompt")
+    user: str | None = Field(default=None, description="accepted for compatibility; unused")
+
+
+class SearchRequest(_Strict):
+    """POST /v1/search: the functions most similar to a query."""
+
+    query: str = Field(min_length=1, description="natural-language description or code")
+    k: int = Field(default=5, ge=1, description="how many results")
+
+
+class SearchResponse(BaseModel):
+    object: Literal["list"] = "list"
+    query: str
+    data: list[dict[str, Any]]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "fnbody"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,367 @@
+"""Server tests: HTTP API, OpenAI client, queueing, timeouts, cancellation, bad input, static files.
+
+The helpers at the top (a deterministic generator, a real uvicorn server on loopback) are shared
+with tests/test_serve_browser.py and tests/test_serve_model.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from typing import Iterator, Sequence
+
+from fnbody.generate.base import Completion, GenerationConfig
+from fnbody.generate.stopping import def_indent
+
+
+class ScriptedGenerator:
+    """A generator whose body is fixed text, cut by max_new_tokens (characters) and stop strings.
+
+    `delay` slows each streamed character; `gate`, when set, makes every call wait on it first, so
+    a test can hold the worker busy. It records what ran so tests can see what was (not) generated.
+    """
+
+    def __init__(self, body: str = "    total = a + b\n    return total\n", name: str = "scripted",
+                 delay: float = 0.0):
+        self.name = name
+        self.body = body
+        self.delay = delay
+        self.gate: threading.Event | None = None
+        self.prompts_run: list[str] = []
+        self.streams_closed = 0
+        self.pieces_streamed = 0
+        self.seeds: list[int] = []
+
+    def _text(self, prompt: str, cfg: GenerationConfig) -> tuple[str, str]:
+        def_indent(prompt)
+        # Sampling makes each seed's text differ, as a real sampler would; greedy is always the same.
+        text = self.body if cfg.greedy else self.body.replace("return", f"return {cfg.seed % 97} +", 1)
+        cut, finish = len(text), "stop"
+        for s in cfg.stop:
+            i = text.find(s)
+            if 0 <= i < cut:
+                cut = i
+        if cut > cfg.max_new_tokens:
+            cut, finish = cfg.max_new_tokens, "length"
+        return text[:cut], finish
+
+    def _wait(self) -> None:
+        if self.gate is not None:
+            assert self.gate.wait(10), "test gate never opened"
+
+    def generate(self, prompts: Sequence[str], cfg: GenerationConfig) -> list[list[Completion]]:
+        self._wait()
+        out = []
+        for p in prompts:
+            self.prompts_run.append(p)
+            comps = []
+            for j in range(cfg.n):
+                text, finish = self._text(p, GenerationConfig(**{**cfg.__dict__, "seed": cfg.seed + j}))
+                comps.append(Completion(text=text, finish_reason=finish, num_tokens=len(text)))
+            out.append(comps)
+        return out
+
+    def stream(self, prompt: str, cfg: GenerationConfig) -> Iterator[str]:
+        self._wait()
+        self.prompts_run.append(prompt)
+        self.seeds.append(cfg.seed)
+        text, finish = self._text(prompt, cfg)
+        try:
+            for ch in text:
+                if self.delay:
+                    time.sleep(self.delay)
+                self.pieces_streamed += 1
+                yield ch
+        finally:
+            self.streams_closed += 1
+        return Completion(text=text, finish_reason=finish, num_tokens=len(text))
+
+
+class ListIndex:
+    """A search index over a few records, ranked by shared words (numpy-free but returns a numpy-like score)."""
+
+    def __init__(self, records: list[dict]):
+        self.records = records
+        self.queries: list[tuple[str, int]] = []
+
+    def query(self, text: str, k: int) -> list[dict]:
+        self.queries.append((text, k))
+        words = set(text.lower().split())
+        scored = sorted(self.records, key=lambda r: -len(words & set(r["docstring"].lower().split())))
+        import numpy as np
+
+        return [{"rank": i + 1, "score": np.float32(len(words & set(r["docstring"].lower().split()))), **r}
+                for i, r in enumerate(scored[:k])]
+
+
+@contextlib.contextmanager
+def running_server(app, timeout: float = 10.0) -> Iterator[str]:
+    """Run `app` under uvicorn on a free 127.0.0.1 port in a thread; yield its base URL; stop it after."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    start = time.monotonic()
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() - start > timeout:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        sock.close()
+
+
+# ----------------------------------------------------------------------------------------------------
+import json  # noqa: E402
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import httpx  # noqa: E402
+import pytest  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from fnbody.serve import ServeSettings, create_app  # noqa: E402
+from fnbody.serve.app import STATIC_DIR  # noqa: E402
+
+PROMPT = 'def add(a, b):\n    """Return the sum of a and b."""\n'
+BODY = "    total = a + b\n    return total\n"
+
+
+@pytest.fixture
+def gen() -> ScriptedGenerator:
+    return ScriptedGenerator(BODY)
+
+
+@pytest.fixture
+def client(gen):
+    with TestClient(create_app(gen)) as c:
+        yield c
+
+
+def sse_payloads(text: str) -> list:
+    """The `data:` payloads of an SSE body, JSON-decoded except the final [DONE]."""
+    out = []
+    for block in text.split("\n\n"):
+        if block.startswith("data: "):
+            data = block[len("data: "):]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+# ----- info endpoints and spec --------------------------------------------------------------------------
+def test_health_models_and_openapi(client):
+    h = client.get("/health").json()
+    assert h["status"] == "ok" and h["model"] == "scripted" and h["search"] is False and h["queue_depth"] == 0
+    models = client.get("/v1/models").json()
+    assert [m["id"] for m in models["data"]] == ["scripted"] and models["object"] == "list"
+    assert client.get("/v1/models/scripted").json()["id"] == "scripted"
+    assert client.get("/v1/models/gpt-4").status_code == 404
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/completions", "/v1/search", "/v1/models", "/health"} <= set(spec["paths"])
+    props = spec["components"]["schemas"]["CompletionRequest"]["properties"]
+    assert {"model", "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "stream"} <= set(props)
+    assert client.get("/docs").status_code == 404  # Swagger UI would load from a CDN
+
+
+# ----- completions ----------------------------------------------------------------------------------
+def test_completion_schema_n_and_prompt_list(client, gen):
+    r = client.post("/v1/completions", json={"model": "scripted", "prompt": [PROMPT, PROMPT.replace("add", "plus")],
+                                             "n": 2, "temperature": 0.7, "seed": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "text_completion" and body["model"] == "scripted" and body["id"].startswith("cmpl-")
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
+    # sampling with seeds 5 and 6 for the two samples of each prompt
+    assert body["choices"][0]["text"] == BODY.replace("return", "return 5 +", 1)
+    assert body["choices"][1]["text"] == BODY.replace("return", "return 6 +", 1)
+    assert all(c["finish_reason"] == "stop" for c in body["choices"])
+    assert gen.prompts_run == [PROMPT, PROMPT.replace("add", "plus")]
+
+
+def test_completion_max_tokens_stop_and_echo(client):
+    r = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 7}).json()
+    assert r["choices"][0] == {"index": 0, "text": BODY[:7], "finish_reason": "length", "logprobs": None}
+    r = client.post("/v1/completions", json={"prompt": PROMPT, "stop": "return"}).json()
+    assert r["choices"][0]["text"] == "    total = a + b\n    "
+    r = client.post("/v1/completions", json={"prompt": PROMPT, "echo": True}).json()
+    assert r["choices"][0]["text"] == PROMPT + BODY
+
+
+def test_stream_matches_non_stream(client):
+    r = client.post("/v1/completions", json={"prompt": PROMPT, "stream": True, "max_tokens": 20})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = sse_payloads(r.text)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert len(chunks) > 5  # really streamed in pieces, not one blob
+    text = "".join(c["choices"][0]["text"] for c in chunks)
+    whole = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 20}).json()["choices"][0]
+    assert text == whole["text"] == BODY[:20]
+    assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == "length"
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
+
+
+def test_stream_n_gives_distinct_indices_and_seeds(client, gen):
+    r = client.post("/v1/completions", json={"prompt": PROMPT, "stream": True, "n": 2, "temperature": 1.0, "seed": 3})
+    texts: dict[int, str] = {}
+    for c in sse_payloads(r.text)[:-1]:
+        ch = c["choices"][0]
+        texts[ch["index"]] = texts.get(ch["index"], "") + ch["text"]
+    assert texts == {0: BODY.replace("return", "return 3 +", 1), 1: BODY.replace("return", "return 4 +", 1)}
+    assert gen.seeds == [3, 4]
+
+
+# ----- bad input ------------------------------------------------------------------------------------
+BAD_REQUESTS = [
+    ("malformed JSON", b'{"prompt": "def f(', 400, "malformed JSON"),
+    ("not an object", b'["def f():\\n"]', 400, "JSON object"),
+    ("prompt wrong type", {"prompt": 5}, 400, "prompt"),
+    ("prompt token ids", {"prompt": [1, 2, 3]}, 400, "prompt"),
+    ("max_tokens as string", {"prompt": PROMPT, "max_tokens": "5"}, 400, "max_tokens"),
+    ("temperature as string", {"prompt": PROMPT, "temperature": "hot"}, 400, "temperature"),
+    ("stream as string", {"prompt": PROMPT, "stream": "yes"}, 400, "stream"),
+    ("n zero", {"prompt": PROMPT, "n": 0}, 400, "n"),
+    ("n over cap", {"prompt": PROMPT, "n": 9}, 400, "n: 9 exceeds"),
+    ("max_tokens over cap", {"prompt": PROMPT, "max_tokens": 100000}, 400, "max_tokens: 100000 exceeds"),
+    ("negative temperature", {"prompt": PROMPT, "temperature": -1}, 400, "temperature"),
+    ("top_p zero", {"prompt": PROMPT, "top_p": 0}, 400, "top_p"),
+    ("unknown field", {"prompt": PROMPT, "logprobs": 3}, 400, "logprobs"),
+    ("missing prompt", {"max_tokens": 3}, 400, "prompt"),
+    ("no def line", {"prompt": "hello world"}, 400, "no `def` line"),
+    ("one bad prompt in a list", {"prompt": [PROMPT, "x = 1\n"]}, 400, "prompt[1]"),
+    ("empty prompt list", {"prompt": []}, 400, "at least one prompt"),
+    ("too many stops", {"prompt": PROMPT, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ("empty stop", {"prompt": PROMPT, "stop": [""]}, 400, "stop"),
+    ("unknown model", {"prompt": PROMPT, "model": "gpt-4"}, 404, "does not exist"),
+]
+
+
+@pytest.mark.parametrize("name,payload,status,needle", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_completion_requests_get_4xx_with_message(client, gen, name, payload, status, needle):
+    if isinstance(payload, bytes):
+        r = client.post("/v1/completions", content=payload, headers={"content-type": "application/json"})
+    else:
+        r = client.post("/v1/completions", json=payload)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]["message"]
+    assert gen.prompts_run == []  # nothing reached the model
+
+
+def test_body_size_limit(gen):
+    with TestClient(create_app(gen, settings=ServeSettings(max_body_bytes=1000))) as c:
+        big = {"prompt": PROMPT + "#" * 2000}
+        r = c.post("/v1/completions", json=big)
+        assert r.status_code == 413 and "1000-byte limit" in r.json()["error"]["message"]
+
+        def chunks():  # no Content-Length: the limit must still hold
+            yield json.dumps(big).encode()[:600]
+            yield json.dumps(big).encode()[600:]
+
+        r = c.post("/v1/completions", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        assert c.post("/v1/completions", json={"prompt": PROMPT}).status_code == 200
+    assert gen.prompts_run == [PROMPT]
+
+
+def test_unknown_route_and_method(client):
+    r = client.get("/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["message"]
+    r = client.get("/v1/completions")
+    assert r.status_code == 405 and r.json()["error"]["message"]
+
+
+def test_generated_code_is_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = f"    open({str(marker)!r}, 'w').write('ran')\n    import os; os._exit(3)\n"
+    with TestClient(create_app(ScriptedGenerator(evil))) as c:
+        for stream in (False, True):
+            r = c.post("/v1/completions", json={"prompt": PROMPT, "stream": stream})
+            assert r.status_code == 200
+            text = "".join(e["choices"][0]["text"] for e in sse_payloads(r.text)[:-1]) if stream else r.json()["choices"][0]["text"]
+            assert text == evil
+    assert not marker.exists()
+
+
+# ----- search ---------------------------------------------------------------------------------------
+RECORDS = [
+    {"func_name": "read_csv", "repo": "a/b", "path": "io.py", "docstring": "read a csv file into rows", "code": "def read_csv(p):\n    pass\n"},
+    {"func_name": "mean", "repo": "a/b", "path": "stats.py", "docstring": "average of numbers", "code": "def mean(x):\n    pass\n"},
+]
+
+
+def test_search_endpoint(gen):
+    index = ListIndex(RECORDS)
+    with TestClient(create_app(gen, index, ServeSettings(max_k=10))) as c:
+        assert c.get("/health").json()["search"] is True
+        r = c.post("/v1/search", json={"query": "read a csv file", "k": 1})
+        assert r.status_code == 200, r.text
+        data = r.json()["data"]
+        assert [d["func_name"] for d in data] == ["read_csv"] and data[0]["score"] == 4.0  # numpy float made JSON
+        assert index.queries == [("read a csv file", 1)]
+        assert c.post("/v1/search", json={"query": "x", "k": 11}).status_code == 400
+        assert c.post("/v1/search", json={"query": "x", "k": 0}).status_code == 400
+        assert c.post("/v1/search", json={"query": "", "k": 1}).status_code == 400
+        assert c.post("/v1/search", json={"query": 3}).status_code == 400
+        assert len(index.queries) == 1
+
+
+def test_search_without_index_is_404(client):
+    r = client.post("/v1/search", json={"query": "x", "k": 1})
+    assert r.status_code == 404 and "--search" in r.json()["error"]["message"]
+
+
+# ----- static files ---------------------------------------------------------------------------------
+def test_page_and_static_files_are_local_and_safe(client):
+    r = client.get("/")
+    assert r.status_code == 200 and 'id="prompt"' in r.text and 'id="generate"' in r.text
+    assert "default-src 'none'" in r.headers["content-security-policy"]
+    for name in ("app.js", "highlight.js", "style.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+    # Fully offline: nothing in the page refers to another host.
+    for p in STATIC_DIR.iterdir():
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", p.read_text()), p.name
+
+
+@pytest.fixture(scope="module")
+def live_url():
+    with running_server(create_app(ScriptedGenerator(BODY))) as url:
+        yield url
+
+
+def raw_get(base: str, path: str) -> tuple[int, bytes]:
+    """GET `path` byte for byte (http.client sends it unnormalised, unlike browsers and httpx)."""
+    import http.client
+
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("path", ["/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fapp.py",
+                                  "/static/%2e%2e%2f%2e%2e%2fcommands%2fserve.py", "/static//etc/passwd",
+                                  "/static/..\\app.py", "/static/", "/static/./app.js", "/../../etc/passwd",
+                                  "/static/%252e%252e%252fapp.py"])
+def test_static_path_traversal_is_refused(live_url, path):
+    status, body = raw_get(live_url, path)
+    assert status in (400, 404), (path, status)
+    assert b"def create_app" not in body and b"root:" not in body and b"import" not in body
+
+
+def test_static_served_over_the_wire(live_url):
+    status, body = raw_get(live_url, "/static/highlight.js")
+    assert status == 200 and b"function tokenizePython" in body
