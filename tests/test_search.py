@@ -1,0 +1,226 @@
+"""Code search: MRR known values, encoder shapes, losses, training, eval, index round trip and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fnbody.cli import main
+from fnbody.errors import FnbodyError
+from fnbody.search.embed import Embedder
+from fnbody.search.data import query_tokens, split_identifier, training_pair
+from fnbody.search.losses import cosine_loss, max_margin_loss, retrieval_loss, softmax_loss
+from fnbody.search.metrics import batched_mrr, mean_reciprocal_rank, reciprocal_ranks
+from fnbody.search.model import ENCODERS, SearchModelConfig, TwoTowerModel
+
+
+@pytest.mark.parametrize("scores, expected", [
+    ([[1.0, 0.0], [0.0, 1.0]], 1.0),                                   # both first
+    ([[0.0, 1.0], [1.0, 0.0]], 0.5),                                   # both second
+    ([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0], [3.0, 2.0, 1.0]], (1 + 1 / 2 + 1 / 3) / 3),
+    ([[1.0, 1.0], [0.0, 1.0]], (1 / 2 + 1) / 2),                       # a tie counts against the true code (CSN)
+])
+def test_mrr_known_values(scores, expected):
+    assert mean_reciprocal_rank(np.array(scores)) == pytest.approx(expected)
+
+
+def test_mrr_rejects_non_square():
+    with pytest.raises(ValueError):
+        reciprocal_ranks(np.zeros((2, 3)))
+
+
+def test_batched_mrr_drops_partial_batch_and_needs_a_full_one():
+    q = np.eye(5, dtype=np.float32)
+    c = np.eye(5, dtype=np.float32)
+    c[4] = -1.0  # the 5th pair is wrong, but it sits in the dropped partial batch
+    assert batched_mrr(q, c, batch_size=2) == (1.0, 4)
+    mrr, n = batched_mrr(q, c, batch_size=10)
+    assert n == 0 and np.isnan(mrr)
+
+
+def test_losses_known_values():
+    eye = torch.eye(3) * 10
+    assert softmax_loss(eye).item() == pytest.approx(np.log(1 + 2 * np.exp(-10)), rel=1e-3)
+    assert softmax_loss(torch.zeros(4, 4)).item() == pytest.approx(np.log(4))
+    # cosine: true cos 1, best negative 0 -> margin - 1 + 0 = 0 with margin 1
+    assert cosine_loss(torch.eye(3)).item() == pytest.approx(0.0)
+    assert cosine_loss(torch.zeros(3, 3)).item() == pytest.approx(1.0)
+    assert max_margin_loss(torch.zeros(2, 2)).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        retrieval_loss(torch.zeros(2, 4), torch.zeros(2, 4), loss="nope")
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_encoder_forward_shapes(encoder):
+    cfg = SearchModelConfig(encoder=encoder, emb_dim=16, vocab_size=50, code_max_len=12, query_max_len=6,
+                            attn_heads=2, attn_ffn=32, attn_layers=1, cnn_kernel=3, cnn_layers=2, rnn_layers=1, loss="softmax")
+    model = TwoTowerModel(cfg, 40, 50)
+    q_ids = torch.randint(2, 40, (4, 6))
+    c_ids = torch.randint(2, 50, (4, 12))
+    c_ids[0, 5:] = 0  # padding
+    q, c, loss = model(q_ids, c_ids)
+    assert q.shape == (4, 16) and c.shape == (4, 16)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert model.query_encoder is not model.code_encoder
+    assert model.query_encoder.embed.weight.shape[0] == 40 and model.code_encoder.embed.weight.shape[0] == 50
+
+
+def test_padding_does_not_change_the_vector():
+    cfg = SearchModelConfig(encoder="cnn", emb_dim=8, vocab_size=20, cnn_kernel=3, cnn_layers=2, dropout=0.0)
+    enc = TwoTowerModel(cfg, 20, 20).eval().code_encoder
+    ids = torch.tensor([[3, 4, 5]])
+    padded = torch.tensor([[3, 4, 5, 0, 0, 0]])
+    assert torch.allclose(enc(ids), enc(padded), atol=1e-5)
+
+
+def test_query_tokens_bad_input_and_unicode():
+    with pytest.raises(FnbodyError, match="empty query"):
+        query_tokens("   ")
+    with pytest.raises(FnbodyError, match="stop words"):
+        query_tokens("the of and ?")
+    assert query_tokens("lire un fichier café 读取")
+
+
+def test_function_name_replaces_query():
+    rec = {"func_name": "Reader.read_csv_file_fast", "docstring_tokens": ["Read", "it"], "code_tokens": ["def", "read_csv_file_fast", "(", ")"]}
+    q, c = training_pair(rec, use_func_name=True)
+    assert q == ["read", "csv", "file", "fast"] and "read_csv_file_fast" not in c
+    assert training_pair(rec, use_func_name=False) == (["Read", "it"], rec["code_tokens"])
+    assert split_identifier("readCSVFile_v2") == ["read", "csv", "file", "v2"]
+
+
+def test_subword_vocab_round_trip(tmp_path):
+    from fnbody.tokens.subword import PAD_ID, SubwordVocab, train_subword_vocab
+
+    vocab = train_subword_vocab([["def", "read_csv", "(", "path", ")"]] * 20, vocab_size=60)
+    assert vocab.size <= 60
+    ids = vocab.encode(["read_csv", "path"], max_len=50)
+    assert ids and PAD_ID not in ids
+    vocab.save(tmp_path / "v.json")
+    assert SubwordVocab.load(tmp_path / "v.json").encode(["read_csv", "path"], 50) == ids
+    assert len(vocab.encode(["read_csv"] * 30, max_len=7)) == 7
+
+
+TINY = ["--set", "model.emb_dim=16", "--set", "model.vocab_size=200", "--set", "train.log_every=1", "--set", "train.batch_size=16"]
+
+
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory):
+    from conftest import make_tiny_corpus
+
+    root = tmp_path_factory.mktemp("search")
+    corpus = make_tiny_corpus(root / "corpus")
+    run = root / "run"
+    assert main(["train", "search", "--corpus", str(corpus), "--encoder", "nbow", "--out", str(run), "--max-epochs", "6", *TINY]) == 0
+    return run
+
+
+@pytest.fixture
+def trained_run(shared_run, tmp_path):
+    """A private copy of one tiny trained NBoW run (tests may change it)."""
+    import shutil
+
+    return shutil.copytree(shared_run, tmp_path / "run")
+
+
+def test_train_loss_decreases_and_writes_run(trained_run):
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    train = [r["train_loss"] for r in rows if "train_loss" in r]
+    assert train[-1] < train[0]
+    assert any("valid_mrr" in r for r in rows)
+    info = json.loads((trained_run / "fnbody.json").read_text())
+    assert info["kind"] == "search" and info["config"]["model"]["emb_dim"] == 16
+    assert (trained_run / "curves.png").stat().st_size > 1000
+    assert (trained_run / "checkpoints" / "best" / "model.safetensors").exists()
+
+
+def test_train_resume_and_refusals(trained_run, tiny_corpus, capsys):
+    args = ["train", "search", "--corpus", str(tiny_corpus), "--encoder", "nbow", "--out", str(trained_run), *TINY]
+    assert main(args + ["--max-epochs", "7"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(args + ["--max-epochs", "8", "--resume"]) == 0
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["epoch"] for r in rows) == 8
+
+
+@pytest.mark.parametrize("encoder", ["rnn", "cnn", "selfatt"])
+def test_sequence_encoders_train_on_tiny_corpus(encoder, tiny_corpus, tmp_path):
+    extra = ["--set", "model.attn_layers=1", "--set", "model.attn_heads=2", "--set", "model.attn_ffn=32", "--set", "model.rnn_layers=1",
+             "--set", "model.cnn_layers=1", "--set", "model.cnn_kernel=3", "--set", "train.lr=0.01",
+             "--set", "model.code_max_len=24"]
+    assert main(["train", "search", "--corpus", str(tiny_corpus), "--encoder", encoder, "--out", str(tmp_path / encoder),
+                 "--max-epochs", "3", *TINY, *extra]) == 0
+    rows = [json.loads(line) for line in (tmp_path / encoder / "metrics.jsonl").read_text().splitlines()]
+    train = [r["train_loss"] for r in rows if "train_loss" in r]
+    assert train[-1] < train[0]
+
+
+def test_eval_labels_small_test_split(trained_run, tiny_corpus, csn_sample_dir, capsys):
+    assert main(["eval", "search", str(trained_run), "--corpus", str(tiny_corpus), "--csn-sample", str(csn_sample_dir), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["csn_protocol"] is None and "cannot be applied" in out["note"]
+    assert out["test_pool"]["n"] == 12 and 0 < out["test_pool"]["mrr"] <= 1
+    assert out["test_pool"]["signature"].startswith("MRR|protocol:pool|n:12|")
+    assert out["csn_sample_pool"]["n"] == 250
+
+
+def test_index_round_trip_and_query(trained_run, tiny_corpus, tmp_path, capsys):
+    from fnbody.search.index import SearchIndex
+
+    idx = tmp_path / "idx"
+    assert main(["search", "index", str(trained_run), "--corpus", str(tiny_corpus), "--out", str(idx)]) == 0
+    index = SearchIndex.load(idx, run=trained_run)
+    assert len(index) == 72
+    hits = index.query("read a text file and return its lines", k=5)
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    assert all(a["score"] >= b["score"] for a, b in zip(hits, hits[1:]))
+    assert {"repo", "path", "func_name", "score", "snippet", "code"} <= set(hits[0])
+    # The top hit's score is its vector's product with the query vector.
+    q = index.embedder.embed_queries(["read a text file and return its lines"])[0]
+    row = next(i for i, r in enumerate(index.records) if r["func_name"] == hits[0]["func_name"] and r["repo"] == hits[0]["repo"])
+    assert float(index.vectors[row] @ q) == pytest.approx(hits[0]["score"], rel=1e-5)
+    assert index.query("ファイルを読む read file", k=1)
+    capsys.readouterr()
+    assert main(["search", "query", str(idx), "merge two dictionaries", "-k", "2"]) == 0
+    assert "merge_dicts" in capsys.readouterr().out
+    with pytest.raises(FnbodyError, match="stop words"):
+        index.query("the and of")
+
+
+def test_mismatched_index_and_missing_files(trained_run, tiny_corpus, tmp_path):
+    from fnbody.search.index import SearchIndex, build_index
+    from fnbody.corpus.io import read_split
+
+    idx = tmp_path / "idx"
+    build_index(trained_run, read_split(tiny_corpus, "test"), idx)
+    other = tmp_path / "other"
+    assert main(["train", "search", "--corpus", str(tiny_corpus), "--encoder", "nbow", "--out", str(other), "--max-epochs", "1",
+                 *TINY, "--set", "train.seed=7"]) == 0
+    with pytest.raises(FnbodyError, match="another model"):
+        SearchIndex.load(idx, run=other)
+    before = (idx / "embeddings.npy").read_bytes()
+    with pytest.raises(FnbodyError, match="another model"):
+        build_index(other, read_split(tiny_corpus, "test"), idx)
+    assert (idx / "embeddings.npy").read_bytes() == before  # refused without touching the old index
+    (idx / "index.json").write_text(json.dumps({**json.loads((idx / "index.json").read_text()), "format_version": 99}))
+    with pytest.raises(FnbodyError, match="format version"):
+        SearchIndex.load(idx)
+    with pytest.raises(FnbodyError, match="not a search index"):
+        SearchIndex.load(tmp_path)
+    # A run folder with its vocabulary missing.
+    (other / "code_vocab.json").unlink()
+    with pytest.raises(FnbodyError, match="code_vocab.json"):
+        Embedder.load(other)
+
+
+def test_corpus_without_test_split(trained_run, tiny_corpus):
+    import shutil
+
+    shutil.rmtree(tiny_corpus / "test")
+    from fnbody.search.evaluate import evaluate_search
+
+    with pytest.raises(FnbodyError, match="no 'test' split"):
+        evaluate_search(trained_run, tiny_corpus, csn_sample=None)
