@@ -365,3 +365,116 @@ def test_static_path_traversal_is_refused(live_url, path):
 def test_static_served_over_the_wire(live_url):
     status, body = raw_get(live_url, "/static/highlight.js")
     assert status == 200 and b"function tokenizePython" in body
+
+
+# ----- concurrency: queue, 429, timeouts, cancellation (real server, real sockets) --------------------
+def wait_until(cond, timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def test_full_queue_answers_429_and_queued_work_still_runs():
+    gen = ScriptedGenerator(BODY)
+    gen.gate = threading.Event()
+    app = create_app(gen, settings=ServeSettings(queue_size=1))
+    results: dict[str, int] = {}
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=10) as c:
+        def post(key):
+            results[key] = c.post("/v1/completions", json={"prompt": PROMPT}).status_code
+
+        t1 = threading.Thread(target=post, args=("running",))
+        t1.start()
+        assert wait_until(lambda: c.get("/health").json()["busy"])  # first request holds the model
+        t2 = threading.Thread(target=post, args=("queued",))
+        t2.start()
+        assert wait_until(lambda: c.get("/health").json()["queue_depth"] == 1)
+        r = c.post("/v1/completions", json={"prompt": PROMPT})  # queue full: refused at once
+        assert r.status_code == 429 and "queue is full" in r.json()["error"]["message"]
+        assert r.headers["retry-after"] == "1"
+        r = c.post("/v1/completions", json={"prompt": PROMPT, "stream": True})
+        assert r.status_code == 429  # streams too, before any event is sent
+        assert c.get("/health").status_code == 200  # the event loop is not blocked by the model
+        gen.gate.set()
+        t1.join(10), t2.join(10)
+    assert results == {"running": 200, "queued": 200}
+    assert len(gen.prompts_run) == 2
+
+
+def test_timeout_gives_504_and_cancels_the_queued_job():
+    gen = ScriptedGenerator(BODY)
+    gen.gate = threading.Event()
+    app = create_app(gen, settings=ServeSettings(request_timeout_s=0.3))
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=10) as c:
+        first = threading.Thread(target=lambda: c.post("/v1/completions", json={"prompt": PROMPT}))
+        first.start()
+        assert wait_until(lambda: c.get("/health").json()["busy"])
+        t0 = time.monotonic()
+        r = c.post("/v1/completions", json={"prompt": "def late():\n"})
+        assert r.status_code == 504 and "timeout" in r.json()["error"]["message"]
+        assert time.monotonic() - t0 < 2
+        r = c.post("/v1/completions", json={"prompt": "def late_stream():\n", "stream": True})
+        assert r.status_code == 200
+        events = sse_payloads(r.text)
+        assert "timeout" in events[-1]["error"]["message"]  # a stream that timed out says so, no [DONE]
+        gen.gate.set()
+        first.join(10)
+        assert wait_until(lambda: c.get("/health").json()["queue_depth"] == 0 and not c.get("/health").json()["busy"])
+    # The timed-out requests were cancelled while queued: the model never ran them.
+    assert gen.prompts_run == [PROMPT]
+
+
+def test_client_disconnect_stops_streaming_generation():
+    gen = ScriptedGenerator("    x = 1\n" * 200, delay=0.005)  # 2000 characters, ~10 s if run to the end
+    with running_server(create_app(gen)) as url:
+        with httpx.Client(base_url=url, timeout=10) as c:
+            with c.stream("POST", "/v1/completions", json={"prompt": PROMPT, "stream": True, "max_tokens": 1024}) as r:
+                got = 0
+                for line in r.iter_lines():
+                    got += line.startswith("data: ")
+                    if got >= 5:
+                        break  # leave mid-stream: the response is closed, the socket dropped
+            assert wait_until(lambda: gen.streams_closed == 1, 5), "generation was not stopped"
+            stopped_at = gen.pieces_streamed
+            time.sleep(0.2)
+            assert gen.pieces_streamed == stopped_at < 1024  # and it stays stopped
+            assert c.get("/health").json()["busy"] is False
+
+
+def test_client_disconnect_cancels_a_queued_request():
+    gen = ScriptedGenerator(BODY)
+    gen.gate = threading.Event()
+    with running_server(create_app(gen)) as url, httpx.Client(base_url=url, timeout=10) as c:
+        first = threading.Thread(target=lambda: c.post("/v1/completions", json={"prompt": PROMPT}))
+        first.start()
+        assert wait_until(lambda: c.get("/health").json()["busy"])
+        for stream in (False, True):
+            with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+                httpx.post(f"{url}/v1/completions", json={"prompt": f"def gone_{stream}():\n", "stream": stream}, timeout=0.3)
+        time.sleep(0.3)
+        gen.gate.set()
+        first.join(10)
+        assert wait_until(lambda: c.get("/health").json()["queue_depth"] == 0 and not c.get("/health").json()["busy"])
+    assert gen.prompts_run == [PROMPT]
+
+
+# ----- the openai client ----------------------------------------------------------------------------
+def test_openai_client_against_the_server():
+    openai = pytest.importorskip("openai")
+    gen = ScriptedGenerator(BODY)
+    with running_server(create_app(gen)) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=10)
+        assert [m.id for m in client.models.list()] == ["scripted"]
+        out = client.completions.create(model="scripted", prompt=PROMPT, max_tokens=64, temperature=0)
+        assert out.choices[0].text == BODY and out.choices[0].finish_reason == "stop"
+        pieces = [ch.choices[0].text for ch in client.completions.create(model="scripted", prompt=PROMPT, stream=True)]
+        assert "".join(pieces) == BODY and len(pieces) > 1
+        out = client.completions.create(model="scripted", prompt=PROMPT, n=2, temperature=0.5, seed=1, stop=["total"])
+        assert [c.text for c in out.choices] == ["    ", "    "]
+        with pytest.raises(openai.NotFoundError, match="does not exist"):
+            client.completions.create(model="gpt-4", prompt=PROMPT)
+        with pytest.raises(openai.BadRequestError, match="max_tokens"):
+            client.completions.create(model="scripted", prompt=PROMPT, max_tokens=10**6)
