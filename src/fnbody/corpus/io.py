@@ -78,4 +78,7 @@ def read_split(corpus_dir: str | Path, split: str, max_samples: int | None = Non
 
 def task_id(record: dict) -> str:
     """The stable id of a corpus function in sample files: `repo/path:func_name:lineno`."""
-    return f"{record.get('repo')}/{record.get('path')}:{record.get('func_name')}:{record.get('lineno')}"
+    try:
+        return f"{record['repo']}/{record['path']}:{record['func_name']}:{record['lineno']}"
+    except KeyError as e:
+        raise FnbodyError(f"corpus record lacks {e.args[0]!r}, needed for its task id") from None

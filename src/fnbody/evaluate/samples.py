@@ -12,17 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fnbody.errors import FnbodyError
+from fnbody.corpus.io import task_id as reference_task_id  # one definition, in the corpus layer
 from fnbody.io import iter_jsonl
 
 PROBLEM_KEYS = ("task_id", "prompt", "test", "entry_point")
-
-
-def reference_task_id(record: dict) -> str:
-    """The stable task id of a corpus record: "{repo}/{path}:{func_name}:{lineno}"."""
-    try:
-        return f"{record['repo']}/{record['path']}:{record['func_name']}:{record['lineno']}"
-    except KeyError as e:
-        raise FnbodyError(f"corpus record lacks {e.args[0]!r}, needed for its task id") from None
 
 
 @dataclass
