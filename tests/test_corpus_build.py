@@ -1,0 +1,250 @@
+"""The corpus builder end to end on self-made sources: trees, a wheel, an sdist, bad input, real CSN rows."""
+
+import gzip
+import io
+import json
+import os
+import tarfile
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from fnbody.cli import main as cli_main
+from fnbody.corpus.build import BuildConfig, build_corpus
+from fnbody.corpus.io import CSN_FIELDS, RECORD_FIELDS, SPLITS, check_corpus, read_split
+from fnbody.corpus.stats import corpus_stats
+from fnbody.errors import FnbodyError
+
+CSN_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "csn-python-sample"
+
+GOOD = textwrap.dedent('''\
+    class Store:
+        """A store."""
+
+        def fetch(self, key, default=None):
+            """Fetch the value stored under key.
+
+            Returns default when missing."""
+            value = self._data.get(key)
+            if value is None:
+                return default
+            return value
+
+        def __repr__(self):
+            """Representation of the store object."""
+            return "Store(%d)" % len(self._data)
+
+        def abstract(self):
+            """Subclasses must implement this one."""
+            raise NotImplementedError
+
+    def test_fetch():
+        """Test that fetch works fine."""
+        assert Store().fetch(1) is None
+        assert True
+
+    def short():
+        """Hi."""
+        x = 1
+        return x
+    ''')
+
+
+def module(name: str, n: int) -> str:
+    """A module with n distinct documented functions."""
+    return "".join(
+        f"def {name}_f{i}(a, b):\n    \"\"\"Combine a and b with rule {i} for {name}.\"\"\"\n"
+        f"    c = a * {i} + b - {name!r}.count('x')\n    d = [c] * {i + 1}\n    return sum(d) + len('{name}{i}')\n\n"
+        for i in range(n)
+    )
+
+
+def cfg(**kw) -> BuildConfig:
+    return BuildConfig(jobs=kw.pop("jobs", 1), **kw)
+
+
+def all_records(out) -> list[dict]:
+    return [r for s in SPLITS for r in read_split(out, s)]
+
+
+def test_tree_build_filters_fields_and_manifest(tmp_path):
+    src = tmp_path / "proj"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "store.py").write_text(GOOD)
+    (src / "pkg" / "util.py").write_text(module("util", 5))
+    (src / "tests").mkdir()
+    (src / "tests" / "test_x.py").write_text(module("tx", 3))
+    m = build_corpus([str(src)], tmp_path / "out", cfg())
+    recs = all_records(tmp_path / "out")
+    assert {r["func_name"] for r in recs} == {"Store.fetch"} | {f"util_f{i}" for i in range(5)}
+    for r in recs:
+        assert list(r) == list(RECORD_FIELDS)
+        assert r["prompt"] + r["body"] == r["code"] == r["original_string"]
+        assert r["repo"] == "proj" and r["language"] == "python" and r["partition"] in SPLITS
+    fetch = next(r for r in recs if r["func_name"] == "Store.fetch")
+    assert fetch["signature"] == "def fetch(self, key, default=None):" and fetch["lineno"] == 4
+    assert fetch["path"] == "pkg/store.py" and fetch["docstring_tokens"] == ["Fetch", "the", "value", "stored", "under", "key", "."]
+    assert '"""' not in " ".join(fetch["code_tokens"]) and fetch["code_tokens"][:2] == ["def", "fetch"]
+    c = m["counts"]
+    assert c["functions"]["filtered"] == {"dunder": 1, "stub_body": 1, "test_function": 1, "short_docstring": 1}
+    assert c["files"]["filtered_test_path"] == 1 and c["functions"]["final"] == 6
+    assert check_corpus(tmp_path / "out")["format_version"] == 1 and m["content_hash"].startswith("sha256:")
+    assert m["config"]["filters"]["min_code_lines"] == 3 and m["version"]
+
+
+def test_filters_switch_off_and_duplicates_removed(tmp_path):
+    src = tmp_path / "proj"
+    src.mkdir()
+    (src / "a.py").write_text(GOOD)
+    (src / "b.py").write_text(GOOD.replace("# x", ""))  # exact copy: every function is an exact duplicate
+    (src / "c.py").write_text(GOOD.replace("return value\n", "return value  # same tokens\n").replace("key, default", "key, dflt").replace("default\n", "dflt\n"))
+    m = build_corpus([str(src)], tmp_path / "out", cfg(
+        filters=__import__("fnbody.corpus.filters", fromlist=["FilterConfig"]).FilterConfig(
+            drop_tests=False, drop_dunder=False, drop_stubs=False, min_code_lines=0, min_docstring_tokens=0)))
+    f = m["counts"]["functions"]
+    assert f["extracted"] == 15 and f["filtered"] == {} and f["exact_duplicates"] == 5 + 4
+    assert f["near_duplicates"] == 1  # fetch with a renamed parameter: Jaccard >= 0.8
+    assert f["final"] == 5
+
+
+def make_wheel(path: Path) -> None:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("demo/__init__.py", module("demo", 3))
+        zf.writestr("demo/core.py", GOOD)
+        zf.writestr("demo-1.0.dist-info/METADATA", "Name: demo\nVersion: 1.0\n")
+
+
+def test_wheel_and_sdist_read_in_place(tmp_path):
+    whl = tmp_path / "demo-1.0-py3-none-any.whl"
+    make_wheel(whl)
+    sdist = tmp_path / "other_pkg-2.3.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tf:
+        data = module("other", 2).encode()
+        info = tarfile.TarInfo("other_pkg-2.3/src/other.py")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    before = set(os.listdir(tmp_path))
+    m = build_corpus([str(whl), str(sdist)], tmp_path / "out", cfg())
+    assert set(os.listdir(tmp_path)) - before == {"out"}  # nothing extracted beside the archives
+    recs = all_records(tmp_path / "out")
+    assert {r["repo"] for r in recs} == {"demo", "other_pkg"}
+    assert {r["path"] for r in recs} == {"demo/__init__.py", "demo/core.py", "src/other.py"}
+    assert m["counts"]["functions"]["final"] == 3 + 1 + 2
+
+
+def bad_sources(tmp_path: Path) -> Path:
+    src = tmp_path / "bad"
+    src.mkdir()
+    (src / "ok.py").write_text(module("ok", 2))
+    (src / "syntax.py").write_text("def f(:\n    pass\n")
+    (src / "latin.py").write_bytes(b"def f():\n    '''caf\xe9 ol\xe9 ol\xe9'''\n    return 1\n")
+    (src / "nul.py").write_bytes(b"def f():\n    return 1\x00\n")
+    (src / "bom.py").write_bytes(b"\xef\xbb\xbf" + module("bom", 1).encode())
+    (src / "big.py").write_text("x = 1\n" * 200_000)
+    (src / "loop").symlink_to(src)  # a symlink loop
+    (src / "dangling.py").symlink_to(src / "missing.py")
+    with zipfile.ZipFile(src / "bomb-1.0-py3-none-any.whl", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("bomb/huge.py", b"#" * (3 << 20))  # 3 MiB of '#' compresses to a few KiB
+    (src / "trunc-1.0.tar.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    (src / "rows.jsonl").write_text('{"repo": 1}\nnot json\n')
+    return src
+
+
+def test_bad_input_is_skipped_and_counted(tmp_path):
+    src = bad_sources(tmp_path)
+    archives = [str(src / "bomb-1.0-py3-none-any.whl"), str(src / "trunc-1.0.tar.gz"), str(src / "rows.jsonl")]
+    m = build_corpus([str(src), *archives], tmp_path / "out", cfg(max_file_mb=1))
+    s = m["counts"]["skipped"]
+    assert s["syntax_error"] == 1 and s["not_utf8"] == 1 and s["nul_bytes"] == 1 and s["too_large"] == 1
+    assert s["symlink_loop"] == 1 and s["unreadable"] == 1
+    assert s["archive_member_too_large"] == 1 and s["corrupt_archive"] == 1 and s["malformed_csn_line"] == 2
+    assert m["counts"]["files"]["bom"] == 1
+    assert {r["func_name"] for r in all_records(tmp_path / "out")} == {"ok_f0", "ok_f1", "bom_f0"}
+    assert any("syntax.py" in w for w in m["counts"]["skipped_examples"]["syntax_error"])
+
+
+def test_strict_fails_naming_file_and_line(tmp_path):
+    src = tmp_path / "s"
+    src.mkdir()
+    (src / "syntax.py").write_text("def f(:\n")
+    with pytest.raises(FnbodyError, match=r"syntax\.py.*syntax error"):
+        build_corpus([str(src)], tmp_path / "out", cfg(strict=True))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("\n".join(["{}"] * 2 + ["{bad"]) + "\n")
+    with pytest.raises(FnbodyError, match=r"rows\.jsonl:1: malformed csn line"):
+        build_corpus([str(rows)], tmp_path / "out", cfg(strict=True))
+    assert not (tmp_path / "out").exists()  # nothing half-written is left
+
+
+def test_refuses_to_overwrite_a_non_corpus_folder(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text(module("a", 1))
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("keep me")
+    with pytest.raises(FnbodyError, match="refusing to overwrite"):
+        build_corpus([str(tmp_path / "src")], tmp_path / "precious", cfg())
+    assert (tmp_path / "precious" / "notes.txt").exists()
+
+
+def test_split_by_repo_deterministic_across_jobs(tmp_path):
+    for i in range(12):
+        d = tmp_path / "src" / f"repo{i}"
+        d.mkdir(parents=True)
+        (d / "m.py").write_text(module(f"r{i}", 2))
+    srcs = [str(tmp_path / "src" / f"repo{i}") for i in range(12)]
+    m1 = build_corpus(srcs, tmp_path / "o1", cfg(jobs=1, shard_size=5))
+    m2 = build_corpus(srcs, tmp_path / "o2", cfg(jobs=2, shard_size=5))
+    assert m1["content_hash"] == m2["content_hash"] and m1["files"] == m2["files"]
+    seen = {}
+    for s in SPLITS:
+        for r in read_split(tmp_path / "o1", s):
+            assert seen.setdefault(r["repo"], s) == s  # no repo spans two splits
+    assert len(set(seen.values())) >= 2 and len(m1["files"]) >= 4
+    m3 = build_corpus(srcs, tmp_path / "o3", cfg(seed=7, shard_size=5))
+    assert m3["content_hash"] != m1["content_hash"]
+
+
+@pytest.mark.skipif(not CSN_SAMPLE.is_dir(), reason=f"CSN sample rows not found at {CSN_SAMPLE} (shared/ folder beside the repo)")
+def test_csn_rows_round_trip(tmp_path):
+    files = sorted(CSN_SAMPLE.glob("*.jsonl.gz"))
+    originals = {}
+    for f in files:
+        with gzip.open(f, "rt", encoding="utf-8") as fh:
+            for line in fh:
+                row = json.loads(line)
+                originals[(row["repo"], row["path"], row["func_name"], row["code"])] = row
+    assert len(originals) >= 200
+    no_filters = __import__("fnbody.corpus.filters", fromlist=["FilterConfig"]).FilterConfig(
+        drop_tests=False, drop_dunder=False, drop_stubs=False, min_code_lines=0, min_docstring_tokens=0)
+    m = build_corpus([str(f) for f in files], tmp_path / "out", cfg(filters=no_filters, exact_dedup=False, near_dedup=False, keep_csn_partition=True))
+    recs = all_records(tmp_path / "out")
+    assert len(recs) + sum(m["counts"]["skipped"].values()) == len(originals)
+    assert len(recs) == len(originals)  # every sample row parses
+    for r in recs:
+        o = originals[(r["repo"], r["path"], r["func_name"], r["code"])]
+        assert {k: r[k] for k in CSN_FIELDS} == {k: o[k] for k in CSN_FIELDS}
+        assert r["prompt"] + r["body"] == r["code"] and r["signature"].startswith(("def ", "async def ", "@"))
+        assert r["lineno"] is not None and f"#L{r['lineno']}-" in o["url"]
+    # With the default filters and dedup, CSN input is filtered again (some rows go).
+    m2 = build_corpus([str(f) for f in files], tmp_path / "out2", cfg())
+    assert 0 < m2["counts"]["functions"]["final"] < len(originals)
+
+
+def test_stats_and_cli(tmp_path, capsys):
+    src = tmp_path / "proj"
+    src.mkdir()
+    (src / "m.py").write_text(module("m", 6) + GOOD)
+    assert cli_main(["corpus", "build", str(src), "--out", str(tmp_path / "out"), "-j", "1", "--max-samples", "5"]) == 0
+    st = corpus_stats(tmp_path / "out", plots_dir=tmp_path / "plots")
+    assert st["records"] == 5 and sum(s["records"] for s in st["splits"].values()) == 5
+    assert st["code_tokens"]["median"] > 20 and st["docstring_tokens"]["median"] >= 3
+    assert st["top_repos"] == [["proj", 5]]
+    png = Path(st["plots"][0])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    assert cli_main(["corpus", "stats", str(tmp_path / "out"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["records"] == 5
+    assert cli_main(["corpus", "stats", str(tmp_path / "nope")]) == 2
+    assert cli_main(["corpus", "build", str(tmp_path / "missing.py"), "--out", str(tmp_path / "o")]) == 2
