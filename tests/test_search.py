@@ -152,7 +152,7 @@ def test_sequence_encoders_train_on_tiny_corpus(encoder, tiny_corpus, tmp_path):
              "--set", "model.cnn_layers=1", "--set", "model.cnn_kernel=3", "--set", "train.lr=0.01",
              "--set", "model.code_max_len=24"]
     assert main(["train", "search", "--corpus", str(tiny_corpus), "--encoder", encoder, "--out", str(tmp_path / encoder),
-                 "--max-epochs", "3", *TINY, *extra]) == 0
+                 "--max-epochs", "3", "--max-samples", "16", *TINY, *extra]) == 0
     rows = [json.loads(line) for line in (tmp_path / encoder / "metrics.jsonl").read_text().splitlines()]
     train = [r["train_loss"] for r in rows if "train_loss" in r]
     assert train[-1] < train[0]
