@@ -478,3 +478,45 @@ def test_openai_client_against_the_server():
             client.completions.create(model="gpt-4", prompt=PROMPT)
         with pytest.raises(openai.BadRequestError, match="max_tokens"):
             client.completions.create(model="scripted", prompt=PROMPT, max_tokens=10**6)
+
+
+# ----- the command line ------------------------------------------------------------------------------
+def test_serve_command_defaults_to_localhost_and_checks_its_run(tmp_path, capsys):
+    from fnbody.cli import build_parser, main
+    from fnbody.commands.serve import is_loopback
+
+    args = build_parser().parse_args(["serve", str(tmp_path)])
+    assert (args.host, args.port, args.search) == ("127.0.0.1", 8000, None)
+    assert [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "192.168.1.4", "example.com")] == \
+        [True, True, True, False, False, False]
+    assert main(["serve", str(tmp_path / "missing"), "--port", "0"]) == 2
+    assert "--port must be in 1..65535" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path / "missing")]) == 2  # no run there: a one-line error, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("fnbody: error:") and "missing" in err
+
+
+def test_worker_runs_in_order_and_skips_cancelled_jobs():
+    import asyncio
+
+    from fnbody.serve.worker import Cancelled, QueueFull, Worker
+
+    async def scenario():
+        w = Worker("t", maxsize=2)
+        gate, ran = threading.Event(), []
+        first = w.submit(lambda job: (gate.wait(5), ran.append(1)))
+        assert wait_until(lambda: w.busy, 2)
+        second = w.submit(lambda job: ran.append(2))
+        third = w.submit(lambda job: ran.append(3) or "three")
+        with pytest.raises(QueueFull):
+            w.submit(lambda job: ran.append(4))
+        second.cancel()
+        gate.set()
+        assert await third.result == "three"
+        await first.result
+        with pytest.raises(Cancelled):
+            await second.result
+        w.close()
+        return ran
+
+    assert asyncio.run(scenario()) == [1, 3]
