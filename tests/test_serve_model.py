@@ -49,3 +49,25 @@ def test_server_answers_with_the_models_own_completions(char_rnn_run):
         assert events[-2]["choices"][0]["finish_reason"] in ("stop", "length")
         r = c.post("/v1/completions", content=json.dumps({**req, "max_tokens": 0}), headers={"content-type": "application/json"})
         assert r.status_code == 400 and "max_tokens" in r.json()["error"]["message"]
+
+
+def test_serve_command_wires_run_and_search_index(char_rnn_run, tmp_path, monkeypatch):
+    """`fnbody serve RUN --search INDEX` with a real search run and index; uvicorn.run is intercepted."""
+    import uvicorn
+
+    from fnbody.cli import main
+
+    corpus = char_rnn_run.parent / "corpus"
+    assert main(["train", "search", "--corpus", str(corpus), "--out", str(tmp_path / "srun"), "--max-steps", "2", "--device", "cpu"]) == 0
+    assert main(["search", "index", str(tmp_path / "srun"), "--corpus", str(corpus), "--out", str(tmp_path / "index")]) == 0
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: served.update(app=app, host=host, port=port))
+    assert main(["serve", str(char_rnn_run), "--search", str(tmp_path / "index"), "--port", "8123", "--max-tokens-cap", "50"]) == 0
+    assert (served["host"], served["port"]) == ("127.0.0.1", 8123)
+    with TestClient(served["app"]) as c:
+        assert c.get("/health").json()["search"] is True
+        hits = c.post("/v1/search", json={"query": "merge two dictionaries", "k": 3}).json()["data"]
+        assert len(hits) == 3 and all({"func_name", "score", "code"} <= set(h) for h in hits)
+        assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+        r = c.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 51})
+        assert r.status_code == 400 and "cap of 50" in r.json()["error"]["message"]
