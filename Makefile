@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH_PIP_ARGS ?=
 OUT ?= runs/demo
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test browser clean
 
 setup: $(VENV)/.installed
 
@@ -25,7 +25,13 @@ demo: setup
 	$(BIN)/fnbody corpus build --out $(OUT)/corpus
 	$(BIN)/fnbody corpus stats $(OUT)/corpus --plots $(OUT)/corpus/plots
 
-test: setup
+# The web page is tested in a real headless Chromium (Debian's chromium + chromium-driver).
+# As root (CI) they are installed when missing; elsewhere the browser test says how to get them.
+browser:
+	@if ! command -v chromedriver >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; fi
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 clean:
