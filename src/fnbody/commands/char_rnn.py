@@ -13,6 +13,7 @@ import argparse
 import csv
 import io
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -217,14 +218,16 @@ def train_char_rnn(corpus_dir: str | Path, out_dir: str | Path, cfg: CharRNNRunC
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=len(vocab)))
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    vocab.save(out_dir / VOCAB_FILE)
+    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes the run files
     data_stats = {
         "corpus": str(corpus_dir), "train_functions": len(train_texts), "valid_functions": len(valid_texts),
         "train_chars": int(len(train_ids)), "valid_chars": int(len(valid_ids)), "vocab_size": len(vocab),
         "valid_unknown_rate": float((valid_ids == UNK_ID).float().mean()) if len(valid_ids) else 0.0,
         "train_windows": len(dataset),
     }
-    write_run_info(out_dir, KIND, cfg, argv, data=data_stats)
+    if is_main:
+        vocab.save(out_dir / VOCAB_FILE)
+        write_run_info(out_dir, KIND, cfg, argv, data=data_stats)
 
     set_seed(cfg.train.seed)  # before building the model, so initialisation is reproducible
     model = CharRNN(cfg.model)
@@ -307,21 +310,19 @@ SWEEP_COLUMNS = ("cell", "batch_size", "lr", "steps", "epochs", "valid_loss", "v
                  "bleu_train", "bleu_eval", "n_train", "n_eval", "seconds")
 
 
-def bleu_on_split(gen, corpus_dir: Path, split: str, n: int, max_new_tokens: int, batch_size: int) -> dict:
-    """Greedy bodies for the first `n` prompts of a split, scored with the evaluation BLEU family."""
+def bleu_on_split(gen, corpus_dir: Path, split: str, n: int, decoding) -> dict:
+    """Bodies for the first `n` prompts of a split (decoded per `decoding`), scored with the evaluation BLEU family."""
     from fnbody.corpus.io import read_split
     from fnbody.evaluate.bleu import bleu_report
-    from fnbody.generate.base import GenerationConfig
 
     rows = read_split(corpus_dir, split, n)
-    cfg = GenerationConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    outs = gen.generate([r["prompt"] for r in rows], cfg)
+    outs = gen.generate([r["prompt"] for r in rows], decoding)
     hyps = [o[0].text for o in outs]
     rep = bleu_report(hyps, [r["body"] for r in rows], [r["code"] for r in rows])
     return {"n": len(rows), "metrics": rep["metrics"]}
 
 
-def write_sweep_table(out_dir: Path, rows: list[dict], total: int, signatures: dict) -> None:
+def write_sweep_table(out_dir: Path, rows: list[dict], total: int, signatures: dict, notes: Sequence[str] = ()) -> None:
     """Write sweep.md and sweep.csv atomically; the markdown says when the sweep is not complete."""
     from fnbody.io import atomic_write_text
 
@@ -338,17 +339,18 @@ def write_sweep_table(out_dir: Path, rows: list[dict], total: int, signatures: d
     for r in rows:
         lines.append(f"| {r['cell']} | {r['batch_size']} | {r['lr']:g} | {r['steps']} | {r['valid_loss']:.4f} | {r['valid_ppl']:.2f} | "
                      f"{r['seed_bleu_train']:.4f} | {r['seed_bleu_eval']:.4f} | {r['bleu_train']:.2f} | {r['bleu_eval']:.2f} |")
-    lines += ["", "Train = first prompts of the train split, eval = first prompts of the valid split; greedy decoding.", ""]
+    lines += ["", "Train = first prompts of the train split, eval = first prompts of the valid split.", *notes, ""]
     for name, sig in signatures.items():
         lines.append(f"- {name}: `{sig}`")
     atomic_write_text(out_dir / "sweep.md", "\n".join(lines) + "\n")
 
 
 def run_sweep(corpus_dir: str | Path, out_dir: str | Path, base: CharRNNRunConfig, cells: Sequence[str], lrs: Sequence[float],
-              batch_sizes: Sequence[int], bleu_samples: int, max_new_tokens: int) -> list[dict]:
+              batch_sizes: Sequence[int], bleu_samples: int, decoding) -> list[dict]:
     """Train every cell x lr x batch-size setting and score BLEU on train and eval; finished settings are reused."""
     import dataclasses
 
+    from fnbody.config import config_hash, to_dict
     from fnbody.generate.char_rnn import load_generator
     from fnbody.io import read_json, write_json
     from fnbody.progress import progress
@@ -357,33 +359,46 @@ def run_sweep(corpus_dir: str | Path, out_dir: str | Path, base: CharRNNRunConfi
     grid = [(c, b, lr) for c in cells for b in batch_sizes for lr in lrs]
     rows: list[dict] = []
     signatures: dict = {}
+    t = base.train
+    notes = [f"Training per setting: at most {t.max_epochs} epochs" + (f", capped at {t.max_steps} steps" if t.max_steps else "")
+             + (f", first {base.data.max_samples} functions per split" if base.data.max_samples else ", all functions")
+             + f"; model {base.model.hidden}x{base.model.layers}, seq {base.data.seq_len}, decay {t.lr_decay}/epoch, clip {t.clip_value}.",
+             f"Decoding: temperature {decoding.temperature}, top-k {decoding.top_k}, seed {decoding.seed}, "
+             f"at most {decoding.max_new_tokens} chars, cut at the dedent."]
     for cell, bs, lr in progress(grid, desc="sweep", unit="setting"):
         name = f"{cell}-bs{bs}-lr{lr:g}"
         run_dir = out_dir / "runs" / name
-        result_path = run_dir / "sweep_result.json"
-        if result_path.exists():
-            row = read_json(result_path)
+        # Training and scoring are cached separately: a rerun with other decoding settings rescores, not retrains.
+        train_path = run_dir / "sweep_train.json"
+        score_path = run_dir / f"sweep_bleu-{config_hash({'decoding': to_dict(decoding), 'n': bleu_samples})}.json"
+        t0 = time.perf_counter()
+        if train_path.exists():
+            res = read_json(train_path)
         else:
-            t0 = time.perf_counter()
             cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, cell=cell),
                                       train=dataclasses.replace(base.train, batch_size=bs, lr=lr, show_progress=False))
-            res = train_char_rnn(corpus_dir, run_dir, cfg, resume=(run_dir / "checkpoints" / "last").exists(),
-                                 argv=["fnbody", "sweep", name])
-            gen = load_generator(run_dir, device=cfg.train.device)
-            tr = bleu_on_split(gen, corpus_dir, "train", bleu_samples, max_new_tokens, 32)
-            ev = bleu_on_split(gen, corpus_dir, "valid", bleu_samples, max_new_tokens, 32)
-            row = {
-                "cell": cell, "batch_size": bs, "lr": lr, "steps": res["step"], "epochs": round(res["step"] / max(1, res["data"]["train_windows"] // bs), 2),
-                "valid_loss": res["valid_loss"], "valid_ppl": res["valid_ppl"],
+            state = train_char_rnn(corpus_dir, run_dir, cfg, resume=(run_dir / "checkpoints" / "last").exists(),
+                                   argv=["fnbody", "sweep", name])
+            res = {"steps": state["step"], "epochs": round(state["step"] / max(1, state["data"]["train_windows"] // bs), 2),
+                   "valid_loss": state["valid_loss"], "valid_ppl": state["valid_ppl"], "train_seconds": round(time.perf_counter() - t0, 1)}
+            write_json(train_path, res)
+        if score_path.exists():
+            scores = read_json(score_path)
+        else:
+            gen = load_generator(run_dir, device=base.train.device)
+            tr = bleu_on_split(gen, corpus_dir, "train", bleu_samples, decoding)
+            ev = bleu_on_split(gen, corpus_dir, "valid", bleu_samples, decoding)
+            scores = {
                 "seed_bleu_train": tr["metrics"]["seed-bleu"]["score"], "seed_bleu_eval": ev["metrics"]["seed-bleu"]["score"],
                 "bleu_train": tr["metrics"]["bleu"]["score"], "bleu_eval": ev["metrics"]["bleu"]["score"],
-                "n_train": tr["n"], "n_eval": ev["n"], "seconds": round(time.perf_counter() - t0, 1),
+                "n_train": tr["n"], "n_eval": ev["n"], "decoding": to_dict(decoding),
                 "signatures": {"seed-bleu": ev["metrics"]["seed-bleu"]["signature"], "bleu": ev["metrics"]["bleu"]["signature"]},
             }
-            write_json(result_path, row)
+            write_json(score_path, scores)
+        row = {"cell": cell, "batch_size": bs, "lr": lr, **res, **scores, "seconds": round(res.get("train_seconds", 0) + time.perf_counter() - t0, 1)}
         signatures = row.get("signatures", signatures)
         rows.append(row)
-        write_sweep_table(out_dir, rows, len(grid), signatures)
+        write_sweep_table(out_dir, rows, len(grid), signatures, notes)
     return rows
 
 
@@ -398,7 +413,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     else:
         # Small enough for a 2-core CPU in a few minutes: a few hundred chars of context, capped steps.
         base = dataclasses.replace(base, data=dataclasses.replace(base.data, max_samples=2000, valid_max_chars=50_000, train_eval_chars=20_000),
-                                   train=dataclasses.replace(base.train, max_epochs=20, max_steps=60))
+                                   train=dataclasses.replace(base.train, max_epochs=20, max_steps=30))
     over = {"max_steps": args.max_steps, "max_epochs": args.epochs, "device": args.device, "seed": args.seed}
     base = dataclasses.replace(base, train=dataclasses.replace(base.train, **{k: v for k, v in over.items() if v is not None}))
     if args.max_samples is not None:
@@ -406,9 +421,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from fnbody.config import apply_overrides
 
     base = apply_overrides(base, args.set)
-    bleu_samples = args.bleu_samples or (500 if args.full else 24)
+    bleu_samples = args.bleu_samples or (500 if args.full else 16)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    rows = run_sweep(args.corpus, args.out, base, args.cells, args.lrs, args.batch_sizes, bleu_samples, args.max_new_tokens)
+    from fnbody.generate.base import GenerationConfig
+
+    try:
+        decoding = GenerationConfig(temperature=args.temperature, top_k=args.top_k, max_new_tokens=args.max_new_tokens, batch_size=32, seed=args.seed or 0)
+    except ValueError as e:
+        raise FnbodyError(f"bad decoding flag: {e}") from None
+    rows = run_sweep(args.corpus, args.out, base, args.cells, args.lrs, args.batch_sizes, bleu_samples, decoding)
     best = max(rows, key=lambda r: r["seed_bleu_eval"])
     print(f"sweep of {len(rows)} settings written to {Path(args.out) / 'sweep.md'}; best eval seed-BLEU {best['seed_bleu_eval']:.4f} "
           f"({best['cell']}, batch {best['batch_size']}, lr {best['lr']:g})", file=sys.stderr)
@@ -458,7 +479,10 @@ def register(sub, groups) -> None:
     s.add_argument("--cells", type=_cells, default=["lstm", "gru", "rnn"], help="comma-separated (lstm,gru,rnn)")
     s.add_argument("--lrs", type=_floats, default=[0.02, 0.002, 0.0002], help="comma-separated starting learning rates")
     s.add_argument("--batch-sizes", type=_ints, default=[64, 128], help="comma-separated batch sizes")
-    s.add_argument("--epochs", type=int, default=None, help="epochs per setting")
+    s.add_argument("--epochs", "--max-epochs", dest="epochs", type=int, default=None, help="epochs per setting")
     s.add_argument("--bleu-samples", type=int, default=None, help="prompts per split scored with BLEU")
     s.add_argument("--max-new-tokens", type=int, default=256, help="characters generated per body")
+    s.add_argument("--temperature", type=float, default=0.8,
+                   help="decoding temperature for the BLEU bodies (0 = greedy; an undertrained char-RNN decodes greedily to blank lines)")
+    s.add_argument("--top-k", type=int, default=0, help="sample from the k most likely chars (0 = all)")
     s.set_defaults(func=cmd_sweep)
