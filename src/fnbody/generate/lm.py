@@ -164,7 +164,7 @@ class LMGenerator:
     @torch.inference_mode()
     def _decode_rows(self, rows: list[_Row], prompt_ids: list[list[int]], cfg: GenerationConfig, gen, ignore_end: bool = False) -> Iterator[None]:
         """Run the batch to the end, yielding after every step (so `stream` can hand out text)."""
-        from transformers import DynamicCache
+        from transformers import DynamicCache, PretrainedConfig
 
         device = self.device
         B = len(rows)
@@ -177,7 +177,8 @@ class LMGenerator:
         input_ids, attn = input_ids.to(device), attn.to(device)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)  # (B, T): left padding must not shift positions
         max_new = self._max_new(T, cfg)
-        cache = DynamicCache(config=self.model.config)
+        # The config tells the cache about sliding-window layers; models without a HF config get a plain cache.
+        cache = DynamicCache(config=self.model.config) if isinstance(self.model.config, PretrainedConfig) else DynamicCache()
         live = list(range(B))  # row index of each batch position still decoding
         out = self.model(input_ids=input_ids, attention_mask=attn, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
         next_pos = pos[:, -1:] + 1  # (B, 1)

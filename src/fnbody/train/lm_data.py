@@ -71,6 +71,9 @@ def tokenize_functions(records, tokenizer, desc: str = "tokenize") -> tuple[np.n
         for p, b in zip(prompts, bodies):
             seq = np.asarray([eos, *p, *b], dtype=np.int32)
             m = np.zeros(len(seq), dtype=np.uint8)
+            # The leading EOS ends the previous function, so it is a target; the very first token of
+            # the stream never is (labels start at index 1), so marking it too is harmless.
+            m[0] = 1
             m[1 + len(p):] = 1
             ids.append(seq)
             masks.append(m)

@@ -1,0 +1,114 @@
+"""The fast transformer generator: stopping, streaming, batching with left padding, context cuts."""
+
+import pytest
+import torch
+
+from fnbody.errors import FnbodyError
+from fnbody.generate.base import GenerationConfig
+from fnbody.generate.lm import LMGenerator, _sample
+from lm_helpers import TINY_TEXTS, ScriptedLM
+
+PROMPT = 'def add(a, b):\n    """Add."""\n'
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from fnbody.tokens.byte_bpe import train_byte_bpe
+
+    return train_byte_bpe(TINY_TEXTS + ["x = 1\nprint(x)\n# done\n"], vocab_size=300, min_frequency=1)
+
+
+def scripted(tokenizer, text: str, eos: bool = False):
+    """A generator whose model writes `text` (then EOS, or spaces forever) after PROMPT."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    tail = [tokenizer.eos_token_id] if eos else tokenizer(" ", add_special_tokens=False)["input_ids"]
+    prompt_len = 1 + len(tokenizer(PROMPT, add_special_tokens=False)["input_ids"])
+    model = ScriptedLM(ids + tail, len(tokenizer), prompt_len)
+    return LMGenerator(model, tokenizer, name="scripted")
+
+
+def test_stops_at_dedented_line_and_reports_tokens(tokenizer):
+    gen = scripted(tokenizer, "    return a + b\nprint(x)\n")
+    [[c]] = gen.generate([PROMPT], GenerationConfig(max_new_tokens=50))
+    assert c.text == "    return a + b\n"
+    assert c.finish_reason == "stop"
+    assert 0 < c.num_tokens < 50
+    assert c.mean_logprob is not None and c.mean_logprob > -0.01  # the script's tokens are near-certain
+
+
+def test_stops_at_eos_and_at_length(tokenizer):
+    [[c]] = scripted(tokenizer, "    return a\n", eos=True).generate([PROMPT], GenerationConfig(max_new_tokens=50))
+    assert (c.text, c.finish_reason) == ("    return a\n", "stop")
+    [[c]] = scripted(tokenizer, "    return a + b\n    x = 1\n").generate([PROMPT], GenerationConfig(max_new_tokens=3))
+    assert c.finish_reason == "length" and c.num_tokens == 3
+
+
+def test_extra_stop_strings(tokenizer):
+    gen = scripted(tokenizer, "    x = 1\n    # done\n    return x\n")
+    [[c]] = gen.generate([PROMPT], GenerationConfig(max_new_tokens=60, stop=("# done",)))
+    assert c.text == "    x = 1\n    "
+
+
+def test_stream_joins_to_generate(tokenizer):
+    gen = scripted(tokenizer, "    x = 1\n\n    return x\nprint(x)\n")
+    cfg = GenerationConfig(max_new_tokens=60, stop=("return",))
+    pieces = list(gen.stream(PROMPT, cfg))
+    [[c]] = gen.generate([PROMPT], cfg)
+    assert "".join(pieces) == c.text == "    x = 1\n\n    "
+    assert len(pieces) > 1  # it streams, not one final chunk
+
+
+def test_batched_rows_finish_independently(tokenizer):
+    gen = scripted(tokenizer, "    return a + b\nprint(x)\n")
+    prompts = [PROMPT, PROMPT, "class A:\n" + "    def add(a, b):\n        \"\"\"Add.\"\"\"\n"]
+    out = gen.generate(prompts, GenerationConfig(max_new_tokens=40, n=2, batch_size=4))
+    assert [len(o) for o in out] == [2, 2, 2]
+    assert out[0][0].text == out[1][1].text == "    return a + b\n"
+
+
+def test_prompt_without_def_is_an_error(tokenizer):
+    gen = scripted(tokenizer, "    pass\n")
+    with pytest.raises(FnbodyError, match="prompt 1.*no `def`"):
+        gen.generate([PROMPT, "x = 1\n"], GenerationConfig())
+    with pytest.raises(FnbodyError, match="no `def`"):
+        list(gen.stream("just text", GenerationConfig()))
+
+
+def test_long_prompt_is_cut_from_the_left_with_a_warning(tokenizer, capsys):
+    gen = scripted(tokenizer, "    return a\n", eos=True)
+    gen.max_context = 40
+    long_prompt = "# " + "x = 1 " * 80 + "\n" + PROMPT
+    ids = gen._encode_prompts([long_prompt], GenerationConfig(max_new_tokens=10))[0]
+    assert len(ids) == 30
+    assert ids == [gen.eos, *tokenizer(long_prompt, add_special_tokens=False)["input_ids"]][-30:]
+    assert "keeping the last 30" in capsys.readouterr().err
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    g = torch.Generator().manual_seed(0)
+    # top_k=1 and a tiny top_p both leave only the argmax.
+    assert all(_sample(logits, GenerationConfig(temperature=1.0, top_k=1), g).item() == 3 for _ in range(20))
+    assert all(_sample(logits, GenerationConfig(temperature=1.0, top_p=0.01), g).item() == 3 for _ in range(20))
+    seen = {_sample(logits, GenerationConfig(temperature=5.0, top_k=2), g).item() for _ in range(200)}
+    assert seen == {2, 3}
+    assert _sample(logits, GenerationConfig(), None).item() == 3
+
+
+def test_batched_left_padding_matches_one_at_a_time():
+    """A real (random) GPT-2: batched greedy decoding with left padding equals unbatched decoding."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from fnbody.tokens.byte_bpe import train_byte_bpe
+
+    tok = train_byte_bpe(TINY_TEXTS, vocab_size=300, min_frequency=1)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=2, n_head=2, n_embd=32, n_positions=128)).eval()
+    gen = LMGenerator(model, tok)
+    prompts = [PROMPT, "def f(x):\n    \"\"\"Double a number and return it please.\"\"\"\n", "def g():\n"]
+    cfg = GenerationConfig(max_new_tokens=12, batch_size=3)
+    batched = gen.generate(prompts, cfg)
+    single = [gen.generate([p], GenerationConfig(max_new_tokens=12, batch_size=1))[0][0] for p in prompts]
+    for [b], s in zip(batched, single):
+        assert b.text == s.text and b.num_tokens == s.num_tokens
+        assert b.mean_logprob == pytest.approx(s.mean_logprob, abs=1e-4)
