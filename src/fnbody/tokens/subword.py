@@ -18,6 +18,7 @@ from fnbody.io import atomic_write_text
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
 MAX_TOKEN_CHARS = 64  # long string literals carry little signal and blow up BPE training time
+WORD_CACHE_MAX = 1_000_000  # words whose subword ids are remembered between calls
 _SPACE = re.compile(r"\s+")
 
 
@@ -36,6 +37,7 @@ class SubwordVocab:
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
+        self._word_ids: dict[str, list[int]] = {}  # BPE never merges across words, so each word encodes once
         if tokenizer.token_to_id(PAD) != PAD_ID or tokenizer.token_to_id(UNK) != UNK_ID:
             raise FnbodyError("subword vocabulary must have <pad> at id 0 and <unk> at id 1")
 
@@ -51,8 +53,22 @@ class SubwordVocab:
     def encode_batch(self, token_lists: Sequence[Sequence[str]], max_len: int) -> list[list[int]]:
         """Subword ids of many token lists, each cut to `max_len` (no padding)."""
         words = [clean_tokens(t) or [UNK] for t in token_lists]
-        encs = self.tokenizer.encode_batch(words, is_pretokenized=True, add_special_tokens=False)
-        return [e.ids[:max_len] for e in encs]
+        cache = self._word_ids
+        if len(cache) > WORD_CACHE_MAX:
+            cache.clear()
+        new = list({w for ws in words for w in ws if w not in cache})
+        if new:
+            encs = self.tokenizer.encode_batch([[w] for w in new], is_pretokenized=True, add_special_tokens=False)
+            cache.update(zip(new, (e.ids for e in encs)))
+        out = []
+        for ws in words:
+            ids: list[int] = []
+            for w in ws:
+                ids.extend(cache[w])
+                if len(ids) >= max_len:
+                    break
+            out.append(ids[:max_len])
+        return out
 
     def save(self, path: str | Path) -> None:
         """Write the tokenizer JSON atomically."""
