@@ -1,0 +1,1 @@
+"""`fnbody run`: the report's whole pipeline as cached, resumable stages, and the report it writes."""

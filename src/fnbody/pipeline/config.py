@@ -1,0 +1,102 @@
+"""The pipeline's typed configuration; presets live in `configs/*.toml`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fnbody.config import from_dict, load_toml
+from fnbody.errors import FnbodyError
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESETS = ("tiny", "demo", "paper")
+
+
+@dataclass
+class CorpusStage:
+    """Corpus building (`fnbody corpus build`)."""
+
+    sources: list[str] = field(default_factory=list, metadata={"help": "sources; empty = this interpreter's stdlib + site-packages"})
+    max_files: int = field(default=0, metadata={"help": "cap on source files read (0 = all)"})
+    jobs: int = field(default=0, metadata={"help": "parallel workers (0 = all cores)"})
+    seed: int = field(default=0, metadata={"help": "split seed"})
+
+
+@dataclass
+class SearchStage:
+    """Code-search baselines (`fnbody train search`, `fnbody eval search`)."""
+
+    encoders: list[str] = field(default_factory=lambda: ["nbow", "rnn"], metadata={"help": "encoders to train"})
+    max_epochs: int = field(default=20, metadata={"help": "epoch cap"})
+    max_steps: int = field(default=0, metadata={"help": "step cap (0 = none)"})
+    max_samples: int = field(default=0, metadata={"help": "training functions cap (0 = all)"})
+    settings: list[str] = field(default_factory=list, metadata={"help": "extra --set overrides for every encoder"})
+
+
+@dataclass
+class CharRNNStage:
+    """The char-RNN baseline (`fnbody train char-rnn`) and its sweep."""
+
+    cell: str = field(default="lstm", metadata={"help": "lstm, gru or rnn"})
+    hidden: int = field(default=128, metadata={"help": "hidden size"})
+    layers: int = field(default=2, metadata={"help": "layers"})
+    seq_len: int = field(default=50, metadata={"help": "training window (characters)"})
+    batch_size: int = field(default=50, metadata={"help": "windows per step"})
+    max_epochs: int = field(default=50, metadata={"help": "epoch cap"})
+    max_steps: int = field(default=0, metadata={"help": "step cap (0 = none)"})
+    max_samples: int = field(default=0, metadata={"help": "training functions cap (0 = all)"})
+    sweep: bool = field(default=True, metadata={"help": "run the Table 4.1 sweep"})
+    sweep_full: bool = field(default=False, metadata={"help": "sweep at the report's full size"})
+    sweep_cells: list[str] = field(default_factory=lambda: ["lstm", "gru", "rnn"], metadata={"help": "cells swept"})
+    sweep_lrs: list[float] = field(default_factory=lambda: [0.002, 0.01], metadata={"help": "learning rates swept"})
+    sweep_batch_sizes: list[int] = field(default_factory=lambda: [50], metadata={"help": "batch sizes swept"})
+    sweep_max_steps: int = field(default=0, metadata={"help": "step cap per sweep setting (0 = the sweep's default)"})
+    sweep_bleu_samples: int = field(default=0, metadata={"help": "BLEU prompts per sweep setting (0 = the sweep's default)"})
+    settings: list[str] = field(default_factory=list, metadata={"help": "extra --set overrides"})
+
+
+@dataclass
+class LMStage:
+    """One transformer generator (`fnbody train lm`)."""
+
+    name: str = field(default="gpt2-scratch", metadata={"help": "row name in the report"})
+    init: str = field(default="scratch:tiny", metadata={"help": "init spec: smollm2, scratch:tiny|small|gpt2-124m, a folder, a .gguf, a hub name"})
+    max_steps: int = field(default=0, metadata={"help": "step cap (0 = none)"})
+    max_epochs: int = field(default=1, metadata={"help": "epoch cap"})
+    max_samples: int = field(default=0, metadata={"help": "training functions cap (0 = all)"})
+    settings: list[str] = field(default_factory=list, metadata={"help": "extra --set overrides"})
+
+
+@dataclass
+class EvalStage:
+    """How every generator is evaluated, identically."""
+
+    bleu_samples: int = field(default=1000, metadata={"help": "test functions scored by BLEU (the report used the first 1000)"})
+    humaneval_problems: int = field(default=0, metadata={"help": "HumanEval problems (0 = all 164)"})
+    max_new_tokens: int = field(default=256, metadata={"help": "generation cap"})
+    batch_size: int = field(default=8, metadata={"help": "generation batch"})
+    timeout: float = field(default=10.0, metadata={"help": "seconds per HumanEval program"})
+
+
+@dataclass
+class PipelineConfig:
+    """Everything `fnbody run` does, stage by stage."""
+
+    name: str = field(default="custom", metadata={"help": "preset name, recorded in the report"})
+    seed: int = field(default=0, metadata={"help": "seed for every stage"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
+    corpus: CorpusStage = field(default_factory=CorpusStage)
+    search: SearchStage = field(default_factory=SearchStage)
+    char_rnn: CharRNNStage = field(default_factory=CharRNNStage)
+    lms: list[LMStage] = field(default_factory=lambda: [LMStage()])
+    evaluation: EvalStage = field(default_factory=EvalStage)
+
+
+def load_preset(preset: str) -> PipelineConfig:
+    """A preset name (tiny, demo, paper) or a path to a TOML file."""
+    path = Path(preset)
+    if preset in PRESETS:
+        path = PRESET_DIR / f"{preset}.toml"
+    elif not path.exists():
+        raise FnbodyError(f"unknown preset {preset!r}: use one of {list(PRESETS)} or a path to a .toml file")
+    return from_dict(PipelineConfig, load_toml(path))

@@ -1,0 +1,129 @@
+"""The stage graph of `fnbody run`: corpus -> search -> char-RNN (+ sweep) -> transformers -> evaluation -> report."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from fnbody.config import config_hash, to_dict, write_run_info
+from fnbody.pipeline.config import PipelineConfig
+from fnbody.pipeline.stages import Stage, StageRunner, fnbody_cmd
+from fnbody.pipeline.tasks import task_cmd
+
+
+def _caps(**caps: int) -> list[str]:
+    """Debug-cap flags for the caps that are set (0 = no cap)."""
+    out: list[str] = []
+    for flag, value in caps.items():
+        if value:
+            out += [f"--{flag.replace('_', '-')}", str(value)]
+    return out
+
+
+def _sets(settings: list[str]) -> list[str]:
+    return [a for s in settings for a in ("--set", s)]
+
+
+def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
+    """Every stage of the pipeline for `cfg`, writing under `out`, in run order."""
+    corpus = out / "corpus"
+    dev = cfg.device
+    stages: list[Stage] = []
+
+    c = cfg.corpus
+    stages.append(Stage(
+        "corpus", to_dict(c),
+        lambda resume: [
+            fnbody_cmd("corpus", "build", *c.sources, "--out", corpus, "--seed", c.seed, *_caps(max_files=c.max_files, jobs=c.jobs)),
+            task_cmd("corpus_statistics", corpus=str(corpus), out=str(out / "corpus_stats.json"), plots=str(out / "figures")),
+        ],
+        outputs=[corpus / "manifest.json", out / "corpus_stats.json"], workdir=None,
+    ))
+
+    s = cfg.search
+    for enc in s.encoders:
+        run = out / "search" / enc
+        stages.append(Stage(
+            f"search-{enc}", {**to_dict(s), "encoders": [enc], "seed": cfg.seed, "device": dev},
+            lambda resume, enc=enc, run=run: [
+                fnbody_cmd("train", "search", "--corpus", corpus, "--encoder", enc, "--out", run, "--device", dev,
+                           *_caps(max_epochs=s.max_epochs, max_steps=s.max_steps, max_samples=s.max_samples),
+                           *_sets([f"train.seed={cfg.seed}", *s.settings]), *(["--resume"] if resume else [])),
+                task_cmd("evaluate_search_run", run=str(run), corpus=str(corpus), out=str(run / "eval.json")),
+            ],
+            outputs=[run / "eval.json"], deps=["corpus"], workdir=run,
+        ))
+
+    r = cfg.char_rnn
+    char_run = out / "char_rnn"
+    stages.append(Stage(
+        "char-rnn", {**to_dict(r), "seed": cfg.seed, "device": dev},
+        lambda resume: [fnbody_cmd(
+            "train", "char-rnn", "--corpus", corpus, "--out", char_run, "--cell", r.cell, "--hidden", r.hidden,
+            "--layers", r.layers, "--seq-len", r.seq_len, "--batch-size", r.batch_size, "--seed", cfg.seed, "--device", dev,
+            *_caps(max_epochs=r.max_epochs, max_steps=r.max_steps, max_samples=r.max_samples), *_sets(r.settings),
+            *(["--resume"] if resume else []))],
+        outputs=[char_run / "fnbody.json"], deps=["corpus"], workdir=char_run,
+    ))
+    generators = [("char-rnn", char_run, "char-rnn")]
+    if r.sweep:
+        sweep = out / "sweep"
+        stages.append(Stage(
+            "sweep", {k: v for k, v in to_dict(r).items() if k.startswith("sweep")} | {"seed": cfg.seed, "device": dev},
+            lambda resume: [fnbody_cmd(
+                "sweep", "--corpus", corpus, "--out", sweep, "--seed", cfg.seed, "--device", dev,
+                "--cells", ",".join(r.sweep_cells), "--lrs", ",".join(map(str, r.sweep_lrs)),
+                "--batch-sizes", ",".join(map(str, r.sweep_batch_sizes)),
+                *_caps(max_steps=r.sweep_max_steps, bleu_samples=r.sweep_bleu_samples, max_samples=r.max_samples),
+                *(["--full"] if r.sweep_full else []))],
+            outputs=[sweep / "sweep.csv"], deps=["corpus"], workdir=sweep,
+        ))
+
+    for lm in cfg.lms:
+        run = out / "lm" / lm.name
+        stages.append(Stage(
+            f"lm-{lm.name}", {**to_dict(lm), "seed": cfg.seed, "device": dev},
+            lambda resume, lm=lm, run=run: [fnbody_cmd(
+                "train", "lm", "--corpus", corpus, "--out", run, "--init", lm.init, "--seed", cfg.seed, "--device", dev,
+                *_caps(max_steps=lm.max_steps, max_epochs=lm.max_epochs, max_samples=lm.max_samples), *_sets(lm.settings),
+                *(["--resume"] if resume else []))],
+            outputs=[run / "fnbody.json", run / "config.json"], deps=["corpus"], workdir=run,
+        ))
+        generators.append((lm.name, run, f"lm-{lm.name}"))
+
+    e = cfg.evaluation
+    for name, run, dep in generators:
+        ev = out / "eval" / name
+        stages.append(Stage(
+            f"eval-{name}", {**to_dict(e), "seed": cfg.seed, "device": dev},
+            lambda resume, name=name, run=run, ev=ev: [task_cmd(
+                "evaluate_generator", run=str(run), corpus=str(corpus), out=str(ev), name=name,
+                bleu_samples=e.bleu_samples, humaneval_problems=e.humaneval_problems, max_new_tokens=e.max_new_tokens,
+                batch_size=e.batch_size, timeout=e.timeout, seed=cfg.seed, device=dev)],
+            outputs=[ev / "summary.json"], deps=["corpus", dep], workdir=None,  # generation resumes from its .partial files
+        ))
+
+    stages.append(Stage(
+        "report", {"config": config_hash(cfg), "t": time.time()},  # always rewritten: it is cheap and reads everything
+        lambda resume: [task_cmd("write_report", out_dir=str(out))],
+        outputs=[out / "report.md", out / "report.json"], deps=[st.name for st in stages],
+    ))
+    return stages
+
+
+def run_pipeline(cfg: PipelineConfig, out: Path, only: list[str] | None = None, argv: list[str] | None = None) -> StageRunner:
+    """Run (or resume) every stage; a failing stage raises StageFailed naming it and its log."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_run_info(out, "pipeline", cfg, argv)
+    stages = build_stages(cfg, out)
+    runner = StageRunner(out)
+    t0 = time.perf_counter()
+    for i, stage in enumerate(stages, 1):
+        if only and stage.name not in only and stage.name != "report":
+            runner.keys[stage.name] = runner.key(stage)
+            continue
+        runner.run(stage, i, len(stages))
+        done = time.perf_counter() - t0
+        print(f"pipeline: {i}/{len(stages)} stages, {done:.0f}s elapsed", file=sys.stderr, flush=True)
+    return runner

@@ -1,0 +1,138 @@
+"""Pipeline steps that are library calls rather than CLI commands, run as `python -m fnbody.pipeline.tasks`.
+
+Running them as child processes keeps every stage alike: its own log, its own failure, and a
+clean interpreter (a model loaded for one stage is not held in memory by the next).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from fnbody.errors import FnbodyError
+from fnbody.io import write_json
+
+
+def _decoding(max_new_tokens: int, batch_size: int, seed: int):
+    from fnbody.generate.base import GenerationConfig
+
+    return GenerationConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+
+
+def evaluate_generator(run: str, corpus: str, out: str, name: str, bleu_samples: int = 1000, humaneval_problems: int = 0,
+                       max_new_tokens: int = 256, batch_size: int = 8, timeout: float = 10.0, seed: int = 0,
+                       device: str = "auto", novelty_train: int = 20000) -> dict:
+    """Generate for the corpus test split and HumanEval with one model, score everything, write summary.json.
+
+    Generation is greedy (the report's setting) and resumable; every metric carries its signature.
+    """
+    from fnbody.corpus.io import iter_split
+    from fnbody.evaluate.bleu import bleu_report
+    from fnbody.evaluate.humaneval import evaluate_functional_correctness
+    from fnbody.evaluate.novelty import NgramIndex, novelty
+    from fnbody.evaluate.samples import load_problems
+    from fnbody.evaluate.syntax import syntax_validity
+    from fnbody.generate.load import load_generator
+    from fnbody.generate.prompts import load_prompts
+    from fnbody.generate.run import generate_samples
+    from fnbody.io import read_jsonl
+
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = _decoding(max_new_tokens, batch_size, seed)
+    gen = load_generator(run, device=device)
+    summary: dict = {"model": name, "run": run, "generator": gen.name, "decoding": f"greedy|max_new_tokens:{max_new_tokens}|seed:{seed}"}
+
+    # --- the corpus test split: BLEU family, syntax, novelty -------------------------------------
+    t0 = time.perf_counter()
+    rows = load_prompts(corpus, split="test", max_samples=bleu_samples or None)
+    test_samples = out_dir / "test_samples.jsonl"
+    generate_samples(gen, rows, cfg, test_samples)
+    summary["test_generation_s"] = round(time.perf_counter() - t0, 1)
+    samples = {s["task_id"]: s["completion"] for s in read_jsonl(test_samples)}
+    hyps = [samples[r["task_id"]] for r in rows]
+    bleu = bleu_report(hyps, [r["body"] for r in rows], [r["code"] for r in rows])
+    data_sig = f"data:{Path(corpus).name}/test|n:{len(rows)}"
+    summary["bleu"] = {k: {**v, "signature": f"{v['signature']}|{data_sig}|model:{name}"} for k, v in bleu["metrics"].items()}
+    syn, _ = syntax_validity([r["prompt"] for r in rows], hyps)
+    summary["syntax"] = syn
+    index = NgramIndex.from_corpus(corpus, max_samples=novelty_train or None)
+    nov, _ = novelty(hyps, index)
+    summary["novelty"] = nov
+    summary["listing"] = [{"task_id": r["task_id"], "prompt": r["prompt"], "completion": samples[r["task_id"]], "reference": r["body"]} for r in rows[:3]]
+
+    # --- HumanEval: functional correctness --------------------------------------------------------
+    t0 = time.perf_counter()
+    problems = load_problems()
+    ids = list(problems)[: humaneval_problems or None]
+    he_rows = [{"task_id": i, "prompt": problems[i]["prompt"]} for i in ids]
+    he_samples = out_dir / "humaneval_samples.jsonl"
+    generate_samples(gen, he_rows, cfg, he_samples)
+    summary["humaneval_generation_s"] = round(time.perf_counter() - t0, 1)
+    he_summary, results = evaluate_functional_correctness(read_jsonl(he_samples), {i: problems[i] for i in ids}, ks=(1,), timeout=timeout)
+    he_summary["problems"] = f"HumanEval first {len(ids)} of 164" if len(ids) < 164 else "HumanEval all 164"
+    summary["humaneval"] = he_summary
+    from fnbody.io import write_jsonl
+
+    write_jsonl(out_dir / "humaneval_results.jsonl", results)
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def evaluate_search_run(run: str, corpus: str, out: str, device: str = "cpu") -> dict:
+    """Score one search run by the CSN protocol (and on the real CSN sample) into a JSON file."""
+    from fnbody.search.evaluate import evaluate_search
+
+    result = evaluate_search(run, corpus, device=device)
+    write_json(out, result)
+    return result
+
+
+def corpus_statistics(corpus: str, out: str, plots: str) -> dict:
+    """Corpus statistics and Figure 3's histograms."""
+    from fnbody.corpus.stats import corpus_stats
+
+    stats = corpus_stats(corpus, plots_dir=plots)
+    write_json(out, stats)
+    return stats
+
+
+def write_report_task(out_dir: str) -> str:
+    """Write report.md and report.json from everything the other stages left in `out_dir`."""
+    from fnbody.pipeline.report import write_report
+
+    return str(write_report(Path(out_dir)))
+
+
+TASKS = {
+    "evaluate_generator": evaluate_generator,
+    "evaluate_search_run": evaluate_search_run,
+    "corpus_statistics": corpus_statistics,
+    "write_report": write_report_task,
+}
+
+
+def task_cmd(task: str, **kwargs) -> list[str]:
+    """The command line that runs `task` with JSON-encoded keyword arguments in a child process."""
+    if task not in TASKS:
+        raise FnbodyError(f"unknown pipeline task {task!r}")
+    return [sys.executable, "-m", "fnbody.pipeline.tasks", task, json.dumps(kwargs)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] not in TASKS:
+        print(f"usage: python -m fnbody.pipeline.tasks {{{','.join(TASKS)}}} JSON_KWARGS", file=sys.stderr)
+        return 2
+    try:
+        TASKS[argv[0]](**json.loads(argv[1]))
+    except FnbodyError as e:
+        print(f"fnbody: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

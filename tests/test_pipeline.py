@@ -1,0 +1,89 @@
+"""`fnbody run --preset tiny` end to end on a small fixture corpus: every report section holds real numbers."""
+
+import json
+import math
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from fnbody.cli import main
+from fnbody.errors import FnbodyError
+from fnbody.pipeline.config import PRESETS, load_preset
+
+# Small standard-library packages as separate "repos"; their names hash into all three splits (seed 0).
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+SOURCES = ["json", "html", "concurrent", "wsgiref", "importlib", "tomllib", "dbm"]
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    sources = "[" + ",".join(f'"{STDLIB / s}"' for s in SOURCES) + "]"
+    argv = ["run", "--preset", "tiny", "--out", str(out), "--quiet", "--set", f"corpus.sources={sources}",
+            "--set", "corpus.max_files=0", "--set", "search.max_steps=3", "--set", "char_rnn.max_steps=10",
+            "--set", "char_rnn.sweep_max_steps=3", "--set", "lms.0.max_steps=4", "--set", "evaluation.humaneval_problems=2",
+            "--set", "evaluation.bleu_samples=4"]
+    assert main(argv) == 0
+    return out, argv
+
+
+def test_report_has_every_section_with_real_numbers(tiny_run):
+    out, _ = tiny_run
+    rep = json.loads((out / "report.json").read_text())
+    data = rep["data"]
+    assert all(data["splits"][s]["records"] > 0 for s in ("train", "valid", "test"))
+    assert _is_number(data["code_tokens"]["median"]) and data["signature"].startswith("corpus-stats|")
+    assert set(rep["search"]) == {"nbow", "rnn"}
+    for ev in rep["search"].values():
+        main_score = ev.get("csn_protocol") or ev["test_pool"]
+        assert 0 < main_score["mrr"] <= 1 and "MRR|" in main_score["signature"]
+        assert ev["csn_sample_pool"]["n"] == 250
+    assert _is_number(rep["char_rnn"]["final"]["valid_loss"])
+    assert set(rep["generation"]) == {"char-rnn", "gpt2-scratch"}
+    for summary in rep["generation"].values():
+        for metric in ("seed-bleu", "bleu", "codexglue-bleu", "exact-match", "chrf"):
+            assert _is_number(summary["bleu"][metric]["score"]) and "model:" in summary["bleu"][metric]["signature"]
+        assert _is_number(summary["humaneval"]["pass@1"]) and summary["humaneval"]["tasks"] == 2
+        assert _is_number(summary["syntax"]["syntax_valid_rate"])
+        assert summary["listing"] and summary["listing"][0]["prompt"].lstrip().startswith(("def", "async def", "@"))
+    assert rep["bleu_during_training"]["gpt2-scratch"]
+    md = (out / "report.md").read_text()
+    for heading in ("## Data", "## Code search", "## Char-RNN baseline", "### Sweep", "## Generation", "## BLEU during training", "## Sample generations"):
+        assert heading in md
+    for fig in ("token_lengths.png", "search_nbow_curves.png", "char_rnn_loss.png", "lm_gpt2-scratch_curves.png"):
+        assert (out / "figures" / fig).stat().st_size > 1000
+    assert (out / "fnbody.json").exists() and (out / "logs" / "corpus.log").exists()
+
+
+def test_second_run_is_cached(tiny_run, capsys):
+    out, argv = tiny_run
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("up to date (cached), skipping") == 8  # every stage but the report
+
+
+def test_failing_stage_names_itself_and_its_log(tiny_run):
+    out, argv = tiny_run
+    with pytest.raises(FnbodyError, match=r"stage 'lm-gpt2-scratch' failed .* see its log: .*lm-gpt2-scratch\.log"):
+        from fnbody.commands.pipeline import cmd_run
+        import argparse
+
+        cmd_run(argparse.Namespace(preset="tiny", out=str(out), set=argv[argv.index("--set"):][1::2] + ["lms.0.init=nonsense:spec"],
+                                   only="", quiet=True))
+
+
+def test_presets_load_and_bad_overrides_are_named():
+    for name in PRESETS:
+        cfg = load_preset(name)
+        assert cfg.name == name and cfg.lms
+    with pytest.raises(FnbodyError, match="unknown preset"):
+        load_preset("nope")
+    from fnbody.config import apply_overrides
+
+    with pytest.raises(FnbodyError, match="expected an integer"):
+        apply_overrides(load_preset("tiny"), ["evaluation.bleu_samples=many"])
