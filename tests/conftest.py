@@ -6,6 +6,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("FNBODY_NO_PROGRESS", "1")
+# One intra-op thread per process: tests run several processes at once (torchrun, pipeline stages,
+# servers), and two threads each on a 2-core machine oversubscribe it badly. Children inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
