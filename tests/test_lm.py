@@ -137,6 +137,15 @@ def test_gguf_init_converts_once_and_keeps_the_weights(tiny_corpus, tmp_path):
     assert list((tmp_path / "cache" / "gguf").iterdir()) == converted  # the cache was reused
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "run"))
     assert type(model).__name__ == "LlamaForCausalLM"
+    # The int8 CPU path quantizes the attention/gate/up projections and still generates.
+    from fnbody.generate.base import GenerationConfig
+    from fnbody.generate.lm import load_generator
+
+    gen = load_generator(tmp_path / "run", device="cpu", dtype="int8")
+    quantized = [n for n, m in gen.model.named_modules() if "quantized.dynamic" in type(m).__module__]
+    assert any(n.endswith("q_proj") for n in quantized) and not any(n.endswith("down_proj") for n in quantized)
+    [[c]] = gen.generate(['def f(x):\n    """Double."""\n'], GenerationConfig(max_new_tokens=8))
+    assert c.num_tokens >= 1
 
 
 @pytest.mark.parametrize("spec, message", [

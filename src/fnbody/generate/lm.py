@@ -180,7 +180,10 @@ class LMGenerator:
         # The config tells the cache about sliding-window layers; models without a HF config get a plain cache.
         cache = DynamicCache(config=self.model.config) if isinstance(self.model.config, PretrainedConfig) else DynamicCache()
         live = list(range(B))  # row index of each batch position still decoding
-        out = self.model(input_ids=input_ids, attention_mask=attn, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
+        # Without padding no mask is needed; skipping it spares HF building a 4-D mask every step.
+        padded = bool((attn == 0).any())
+        out = self.model(input_ids=input_ids, attention_mask=attn if padded else None, position_ids=pos, cache=cache,
+                         use_cache=True, logits_to_keep=1)
         next_pos = pos[:, -1:] + 1  # (B, 1)
         eos = torch.tensor(self.eos_ids, device=device)
         for step in range(max_new):
@@ -214,8 +217,10 @@ class LMGenerator:
                 cache.batch_select_indices(idx)
                 tok, attn, next_pos = tok[idx], attn[idx], next_pos[idx]
                 live = [live[k] for k in keep]
+                padded = bool((attn == 0).any())
             attn = torch.cat([attn, attn.new_ones((len(live), 1))], dim=1)
-            out = self.model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, cache=cache, use_cache=True)
+            out = self.model(input_ids=tok[:, None], attention_mask=attn if padded else None, position_ids=next_pos,
+                             cache=cache, use_cache=True)
             next_pos = next_pos + 1
         for row in rows:
             if not row.done:
@@ -290,8 +295,33 @@ class LMGenerator:
         return Completion(text=row.text[:row.cut], finish_reason=row.finish_reason, mean_logprob=mean, num_tokens=row.generated)
 
 
+# MLP output projections see activation outliers that per-tensor int8 activations cannot hold
+# (SmolLM2-135M: valid NLL 1.08 -> 1.92 with them quantized, 1.19 without); lm_head is tied to the embedding.
+INT8_SKIP = ("down_proj", "c_proj", "lm_head")
+
+
+def quantize_int8(model):
+    """CPU inference only: dynamic int8 for the Linear layers that tolerate it (~2x faster at batch 1, small quality cost).
+
+    Llama-style models (nn.Linear) benefit; GPT-2's Conv1D projections are left in fp32.
+    """
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    names = {n: per_channel_dynamic_qconfig for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) and not n.endswith(INT8_SKIP)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's notice that this API moves to torchao
+        return quantize_dynamic(model, names, dtype=torch.qint8, inplace=False)
+
+
 def load_generator(run_dir: str | Path, device: str = "auto", checkpoint: str | None = None, dtype: str | None = None) -> LMGenerator:
-    """Open an `lm` run folder as a generator: its exported model, or `checkpoint` ("best", "last" or a folder)."""
+    """Open an `lm` run folder as a generator: its exported model, or `checkpoint` ("best", "last" or a folder).
+
+    `dtype`: None = fp32 on CPU (exactly plain transformers' numbers), bf16 on CUDA; "bf16", "fp16",
+    or "int8" (CPU dynamic quantization, see `quantize_int8`).
+    """
     from fnbody.config import read_run_info
     from fnbody.models.transformer import check_tokenizer, load_hf_folder
     from fnbody.train.distributed import resolve_device
@@ -301,9 +331,11 @@ def load_generator(run_dir: str | Path, device: str = "auto", checkpoint: str | 
     if info.get("kind") != "lm":
         raise FnbodyError(f"{run_dir}: run kind is {info.get('kind')!r}, not 'lm'")
     dev = resolve_device(device)
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, None: None}.get(dtype, "bad")
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32, None: None}.get(dtype, "bad")
     if torch_dtype == "bad":
-        raise FnbodyError(f"dtype {dtype!r}: expected fp32, bf16 or fp16")
+        raise FnbodyError(f"dtype {dtype!r}: expected fp32, bf16, fp16 or int8 (CPU only)")
+    if dtype == "int8" and dev.type != "cpu":
+        raise FnbodyError("dtype int8 (dynamic quantization) runs on CPU only")
     if torch_dtype is None:
         # bf16 halves memory traffic on GPUs; on CPU fp32 is faster at batch 1 (measured, benchmarks/lm.py).
         torch_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
@@ -330,4 +362,6 @@ def load_generator(run_dir: str | Path, device: str = "auto", checkpoint: str | 
         model = model.to(torch_dtype)
         check_tokenizer(model, tokenizer, str(run_dir))
     model = model.to(dev).eval()
+    if dtype == "int8":
+        model = quantize_int8(model)
     return LMGenerator(model, tokenizer, name=f"lm:{run_dir.resolve().name}")
