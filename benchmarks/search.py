@@ -64,6 +64,10 @@ def main() -> None:
     p.add_argument("--budget-s", type=float, default=150.0, help="training seconds per encoder")
     p.add_argument("--encoders", default="nbow,cnn,rnn,selfatt")
     p.add_argument("--index-rows", type=int, default=100_000)
+    p.add_argument("--device", default="cpu", help="training and evaluation device (latency is always measured on CPU)")
+    p.add_argument("--csn-defaults", action="store_true", help="keep CSN's batch sizes and learning rates for every encoder")
+    p.add_argument("--set", action="append", default=[], help="config override applied to every encoder, e.g. model.loss=softmax")
+    p.add_argument("--skip-index", action="store_true", help="MRR table only")
     args = p.parse_args()
     os.environ.setdefault("FNBODY_NO_PROGRESS", "1")
     import shutil
@@ -75,19 +79,23 @@ def main() -> None:
     from fnbody.search.index import SearchIndex, build_index
     from fnbody.search.metrics import batched_mrr
 
-    torch.set_num_threads(2)
+    if args.device == "cpu":
+        torch.set_num_threads(2)
     corpus, out = Path(args.corpus), Path(args.out)
     if out.exists():
         shutil.rmtree(out)
     # Budget settings: NBoW keeps CSN's (batch 1000, lr 0.01, cosine); the sequence encoders use batch 200 and
     # lr 1e-3 so they see more steps in the budget. Validation is capped at 2000 pairs (2 CSN batches) per epoch.
-    common = ["max_valid=2000"]
     per = {"nbow": [], "cnn": ["train.batch_size=200", "train.lr=1e-3"], "rnn": ["train.batch_size=200", "train.lr=1e-3"],
            "selfatt": ["train.batch_size=200", "train.lr=1e-3"]}
+    common = ["max_valid=2000", f"train.device={args.device}"]
+    common += args.set
+    if args.csn_defaults:
+        per = {e: [] for e in per}
     rows = []
     for enc in [e for e in args.encoders.split(",") if e]:
         secs = train_with_budget(enc, corpus, out / enc, args.budget_s, common + per[enc])
-        res = evaluate_search(out / enc, corpus)
+        res = evaluate_search(out / enc, corpus, device=args.device)
         metrics = [json.loads(x) for x in (out / enc / "metrics.jsonl").read_text().splitlines()]
         epochs = max(r["epoch"] for r in metrics)
         prot = res["csn_protocol"] or {**res["test_pool"], "signature": res["note"] + " | " + res["test_pool"]["signature"]}
@@ -103,7 +111,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['encoder']} | {r['mrr']:.3f} | {r['n']} | {r['wall_s']} ({r['epochs']}) | {CSN_PAPER[r['encoder']]:.3f} | "
-              f"{REPORT.get(r['encoder'], '-')} | {r['csn_sample_pool']:.3f} |")
+              f"{REPORT.get(r['encoder'], '-')} | {'-' if r['csn_sample_pool'] is None else format(r['csn_sample_pool'], '.3f')} |")
     print(f"| random vectors | {rand_mrr:.4f} | {rand_n} | - | - | - | - |")
     for r in rows:
         print(f"  {r['encoder']}: {r['signature']}")
@@ -111,6 +119,8 @@ def main() -> None:
     print(f"best: {best['encoder']} {best['mrr']:.3f} = {best['mrr'] / CSN_PAPER['selfatt']:.2f}x CSN's best (self-attention 0.692), "
           f"{best['mrr'] / rand_mrr:.0f}x random")
 
+    if args.skip_index:
+        return
     # Index: build over the whole corpus with the best model, then replicate rows to >= index_rows for latency.
     records = [r for s in ("train", "valid", "test") for r in read_split(corpus, s)]
     t0 = time.perf_counter()

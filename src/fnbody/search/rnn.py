@@ -24,6 +24,14 @@ class BiRNNEncoder(nn.Module):
                            dropout=dropout if num_layers > 1 else 0.0)
         self.pool = WeightedMeanPool(emb_dim)
 
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        # On CUDA, cuDNN re-points the RNN weights into one shared buffer, which safetensors refuses to save;
+        # giving each weight its own storage keeps checkpoints writable (cuDNN then compacts per call).
+        for p in self.rnn.parameters():
+            p.data = p.data.clone()
+        return out
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         mask = (ids != 0).float()  # (B, T)
         lengths = mask.sum(1).clamp_min(1).long().cpu()
