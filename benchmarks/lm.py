@@ -149,7 +149,7 @@ def gpu_main(smoke: bool) -> int:
     shape = dict(SCRATCH_SIZES["gpt2-124m"]) if not smoke else dict(n_layer=2, n_head=2, n_embd=64, n_positions=128)
     T = shape["n_positions"]
     vocab = 50304 if not smoke else 512
-    micro, accum, steps = (16, 2, 30) if not smoke else (2, 2, 3)
+    micro, accum, steps = (16, 2, int(os.environ.get("GPU_SH_STEPS", 30))) if not smoke else (2, 2, 3)
     print(f"device: {name}; peak bf16 {peak or 'unknown'} TFLOP/s; torch {torch.__version__}; model GPT-2 {shape}, vocab {vocab}, seq {T}", flush=True)
     torch.backends.cuda.matmul.allow_tf32 = True
 

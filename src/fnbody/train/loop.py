@@ -126,7 +126,9 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
     cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    return cls(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    # The fused CUDA kernel does the whole update in one launch; it needs every param on CUDA.
+    fused = bool(params) and all(p.is_cuda for p in params)
+    return cls(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
 
 
 class Trainer:
