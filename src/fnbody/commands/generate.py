@@ -33,6 +33,39 @@ def decoding_config(args: argparse.Namespace):
         raise FnbodyError(f"bad decoding flag: {e}") from None
 
 
+def add_augment_args(p: argparse.ArgumentParser) -> None:
+    """Retrieval-augmented and execution-checked generation flags (generate, complete, serve)."""
+    g = p.add_argument_group("retrieval and execution checking")
+    g.add_argument("--rag-index", metavar="INDEX", help="search index of training functions (`fnbody search index RUN --corpus DIR "
+                                                        "--splits train`); its top-k matches go before each prompt")
+    g.add_argument("--rag-k", type=int, default=2, help="functions retrieved per prompt (default 2)")
+    g.add_argument("--rag-budget-tokens", type=int, default=0, help="cap on context + prompt tokens (0 = the model's context minus the generation room)")
+    g.add_argument("--rag-keep-own-repo", action="store_true", help="allow context from the prompt's own repo (excluded by default when prompt rows carry `repo`)")
+    g.add_argument("--checked", type=int, default=0, metavar="N", help="sample N candidates, drop unparsable ones, rank by the docstring's "
+                                                                        "doctests (run in the sandbox), then mean log-probability (0 = off)")
+    g.add_argument("--checked-temperature", type=float, default=0.8, help="sampling temperature of the checked candidates (default 0.8)")
+    g.add_argument("--checked-no-greedy", action="store_true", help="sample all N candidates (default: the greedy body is one of them)")
+
+
+def augment_generator(gen, args: argparse.Namespace, rows: list[dict] | None = None):
+    """Wrap `gen` in retrieval and/or execution checking as the flags ask (unchanged when none is given)."""
+    if getattr(args, "rag_index", None):
+        from fnbody.augment.rag import RetrievalAugmentedGenerator, repo_lookup
+        from fnbody.search.index import SearchIndex
+
+        index = SearchIndex.load(args.rag_index, device="cpu")
+        exclude = None if args.rag_keep_own_repo or not rows else repo_lookup(rows)
+        gen = RetrievalAugmentedGenerator(gen, index, k=args.rag_k, exclude_repo=exclude, budget_tokens=args.rag_budget_tokens)
+    if getattr(args, "checked", 0):
+        from fnbody.augment.checked import ExecutionCheckedGenerator
+
+        if args.checked < 1:
+            raise FnbodyError(f"--checked must be >= 1, got {args.checked}")
+        gen = ExecutionCheckedGenerator(gen, n_candidates=args.checked, temperature=args.checked_temperature,
+                                        include_greedy=not args.checked_no_greedy)
+    return gen
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from fnbody.generate.load import load_generator
     from fnbody.generate.prompts import load_prompts
@@ -40,7 +73,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     cfg = decoding_config(args)
     rows = load_prompts(args.input, split=args.split, max_samples=args.max_samples)
-    gen = load_generator(args.run, device=args.device)
+    gen = augment_generator(load_generator(args.run, device=args.device), args, rows)
     n = generate_samples(gen, rows, cfg, Path(args.output), resume=not args.overwrite)
     print(f"wrote {n} samples for {len(rows)} prompts to {args.output}", file=sys.stderr)
     return 0
@@ -63,7 +96,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
         prompt += "\n"
     def_indent(prompt)  # fail early, before loading a model, when there is no def
     cfg = decoding_config(args)
-    gen = load_generator(args.run, device=args.device)
+    gen = augment_generator(load_generator(args.run, device=args.device), args)
     if args.json:
         outs = gen.generate([prompt], cfg)[0]
         print(json.dumps([{"completion": c.text, "finish_reason": c.finish_reason, "mean_logprob": c.mean_logprob} for c in outs], indent=2))
@@ -90,6 +123,7 @@ def register(sub, groups) -> None:
     p.add_argument("--max-samples", type=int, default=None, help="only the first N prompts")
     p.add_argument("--overwrite", action="store_true", help="start again instead of continuing a partial output")
     add_decoding_args(p)
+    add_augment_args(p)
     p.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("complete", help="print the body for one prompt (signature + docstring)")
@@ -98,4 +132,5 @@ def register(sub, groups) -> None:
     c.add_argument("--json", action="store_true", help="print completions as JSON (all n)")
     c.add_argument("--show-prompt", action="store_true", help="print the prompt before the body")
     add_decoding_args(c)
+    add_augment_args(c)
     c.set_defaults(func=cmd_complete)

@@ -35,6 +35,9 @@ def register(sub, groups) -> None:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request, queue wait included (default 120)")
     p.add_argument("--max-tokens-cap", type=int, default=1024, help="largest max_tokens a request may ask (default 1024)")
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="request body limit in bytes (default 65536)")
+    from fnbody.commands.generate import add_augment_args
+
+    add_augment_args(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -54,7 +57,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from fnbody.search.index import SearchIndex
 
         index = SearchIndex.load(args.search, device="cpu")
-    generator = load_generator(args.run, device=args.device)
+    from fnbody.commands.generate import augment_generator
+
+    generator = augment_generator(load_generator(args.run, device=args.device), args)
     if not is_loopback(args.host):
         print(f"fnbody: warning: binding {args.host}: the server has no authentication; anyone who can reach "
               f"this address can use the model", file=sys.stderr)

@@ -1,0 +1,176 @@
+"""Execution-checked sampling: sample N bodies, keep those that parse, rank by the docstring's doctests.
+
+For each prompt: the greedy body plus N-1 sampled ones (or N sampled ones), duplicates merged;
+candidates whose `prompt + body` does not parse are dropped; when the prompt's docstring has
+doctest examples (`>>>`), each remaining candidate runs them in the sandbox
+(`fnbody.evaluate.execution`, never in this process); candidates that pass come first, then the
+rest, each group by mean log-probability. Only the docstring's own examples are used: the hidden
+tests of a benchmark are never seen. When no candidate parses, the best unparsable one is
+returned (flagged in the diagnostics) so every prompt still gets an answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from fnbody.errors import FnbodyError
+from fnbody.generate.base import Completion, GenerationConfig, Generator
+
+# Appended to prompt + body; runs the docstring's examples against the module's own globals.
+_HARNESS = '''
+
+def _fnbody_run_doctests(doc):
+    import doctest
+    test = doctest.DocTestParser().get_doctest(doc, dict(globals()), "docstring", None, 0)
+    runner = doctest.DocTestRunner(verbose=False, optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
+    result = runner.run(test, out=lambda s: None)
+    if result.failed:
+        raise AssertionError(f"{result.failed} of {result.attempted} doctest examples failed")
+
+'''
+
+
+def doctest_examples(prompt: str) -> list[tuple[str, str]]:
+    """(source, expected output) of each `>>>` example in the prompt's docstring, via the stdlib doctest parser."""
+    import doctest
+
+    from fnbody.augment.prompt import prompt_docstring
+
+    doc = prompt_docstring(prompt)
+    try:
+        return [(e.source, e.want) for e in doctest.DocTestParser().get_examples(doc)]
+    except ValueError:  # malformed examples (e.g. bad indentation) count as none
+        return []
+
+
+def doctest_program(prompt: str, body: str) -> str | None:
+    """The program that checks `body` against the prompt's doctests; None when there are none."""
+    from fnbody.augment.prompt import prompt_docstring
+
+    if not doctest_examples(prompt):
+        return None
+    return prompt + body + _HARNESS + f"_fnbody_run_doctests({prompt_docstring(prompt)!r})\n"
+
+
+@dataclass
+class Candidate:
+    """One sampled body and what checking it found."""
+
+    text: str
+    mean_logprob: float | None
+    finish_reason: str
+    num_tokens: int
+    source: str  # "greedy" or "sample"
+    parses: bool = True
+    syntax_error: str | None = None
+    doctests: int = 0  # examples in the docstring (0: nothing to run)
+    status: str = "not run"  # sandbox status, or "not run"
+    reason: str = ""
+    passed: bool | None = None  # None when not run
+    rank: int = 0
+
+    def sort_key(self) -> tuple:
+        # Passing first; then by mean log-probability (a missing one ranks last).
+        lp = self.mean_logprob if self.mean_logprob is not None else float("-inf")
+        return (not self.parses, self.passed is not True, -lp)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def rank_candidates(cands: list[Candidate]) -> list[Candidate]:
+    """Candidates in rank order (stable), with `rank` set from 1; unparsable ones last."""
+    ranked = sorted(cands, key=Candidate.sort_key)
+    for i, c in enumerate(ranked, 1):
+        c.rank = i
+    return ranked
+
+
+class ExecutionCheckedGenerator:
+    """A `Generator` returning the best of N sampled bodies by parse check, doctests and log-probability."""
+
+    def __init__(self, base: Generator, n_candidates: int = 8, temperature: float = 0.8, top_p: float = 0.95,
+                 include_greedy: bool = True, limits=None, workers: int | None = None) -> None:
+        from fnbody.evaluate.execution import Limits
+
+        if n_candidates < 1:
+            raise FnbodyError(f"checked: n_candidates must be >= 1, got {n_candidates}")
+        if temperature <= 0 and n_candidates > 1 and not include_greedy:
+            raise FnbodyError("checked: sampling N candidates needs temperature > 0")
+        self.base = base
+        self.n_candidates = n_candidates
+        self.temperature = temperature
+        self.top_p = top_p
+        self.include_greedy = include_greedy
+        self.limits = limits or Limits(timeout=5.0)
+        self.workers = workers
+        self.name = f"{base.name}+checked{n_candidates}"
+        self.last_candidates: list[list[Candidate]] = []
+        count = getattr(base, "count_tokens", None)
+        if count is not None:
+            self.count_tokens = count
+
+    def sample(self, prompts: Sequence[str], cfg: GenerationConfig) -> list[list[Candidate]]:
+        """The raw candidates for each prompt (greedy first when included), duplicates merged."""
+        from dataclasses import replace
+
+        per: list[list[Candidate]] = [[] for _ in prompts]
+        n_sampled = self.n_candidates - (1 if self.include_greedy else 0)
+        if self.include_greedy:
+            for i, outs in enumerate(self.base.generate(prompts, replace(cfg, n=1, temperature=0.0))):
+                per[i] += [self._cand(c, "greedy") for c in outs]
+        if n_sampled > 0:
+            sampled_cfg = replace(cfg, n=n_sampled, temperature=self.temperature if self.temperature > 0 else 0.8, top_p=self.top_p)
+            for i, outs in enumerate(self.base.generate(prompts, sampled_cfg)):
+                per[i] += [self._cand(c, "sample") for c in outs]
+        merged = []
+        for cands in per:
+            seen: dict[str, Candidate] = {}
+            for c in cands:
+                seen.setdefault(c.text, c)  # same text: same outcome; keep the first (greedy before samples)
+            merged.append(list(seen.values()))
+        return merged
+
+    @staticmethod
+    def _cand(c: Completion, source: str) -> Candidate:
+        return Candidate(text=c.text, mean_logprob=c.mean_logprob, finish_reason=c.finish_reason, num_tokens=c.num_tokens, source=source)
+
+    def check(self, prompts: Sequence[str], candidates: list[list[Candidate]]) -> list[list[Candidate]]:
+        """Parse-check every candidate, run the doctests of those that parse in the sandbox, rank each list."""
+        from fnbody.evaluate.execution import run_programs
+        from fnbody.evaluate.syntax import syntax_error
+
+        jobs: list[tuple[Candidate, str]] = []
+        for prompt, cands in zip(prompts, candidates):
+            n_examples = len(doctest_examples(prompt))
+            for c in cands:
+                c.syntax_error = syntax_error(prompt + c.text)
+                c.parses = c.syntax_error is None
+                c.doctests = n_examples
+                if c.parses and n_examples:
+                    jobs.append((c, doctest_program(prompt, c.text)))
+        if jobs:
+            results = run_programs([src for _, src in jobs], self.limits, workers=self.workers)
+            for (c, _), r in zip(jobs, results):
+                c.status, c.reason, c.passed = r.status, r.reason, r.passed
+        return [rank_candidates(cands) for cands in candidates]
+
+    # ----- the Generator interface --------------------------------------------------------------
+    def generate(self, prompts: Sequence[str], cfg: GenerationConfig) -> list[list[Completion]]:
+        """The top `cfg.n` checked candidates per prompt (parsing ones only, unless none parses)."""
+        self.last_candidates = self.check(prompts, self.sample(prompts, cfg))
+        out = []
+        for ranked in self.last_candidates:
+            keep = [c for c in ranked if c.parses] or ranked[:1]
+            out.append([Completion(text=c.text, finish_reason=c.finish_reason, mean_logprob=c.mean_logprob,
+                                   num_tokens=c.num_tokens) for c in keep[:cfg.n]])
+        return out
+
+    def stream(self, prompt: str, cfg: GenerationConfig) -> Iterator[str]:
+        """Checking needs every candidate finished: generate, then yield the chosen body."""
+        from dataclasses import replace
+
+        best = self.generate([prompt], replace(cfg, n=1))[0]
+        if best and best[0].text:
+            yield best[0].text

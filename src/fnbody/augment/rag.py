@@ -1,0 +1,173 @@
+"""Retrieval-augmented generation: similar training functions go before the prompt as context.
+
+For each prompt the search index is queried with the docstring (else the function name); the best
+`k` functions that survive the leakage filters are written, as plain code under a one-line comment
+naming their source, in front of the prompt. The most similar function comes last, nearest the
+prompt. Context goes first because both decoders depend on it: the LM generator cuts over-long
+prompts from the left (so context is what gets cut, never the signature), and the end-of-body rule
+follows the prompt's LAST `def` (so context functions cannot confuse it). The whole context must fit
+the model's budget: for an LM, its context window minus the generation room and the prompt
+itself, counted in the model's own tokens; otherwise a character budget. A function that does not
+fit is skipped whole (half a function teaches nothing) and the next one is tried.
+
+Leakage filters: functions from an excluded repo (evaluation excludes the prompt's own repo, so a
+test function's siblings cannot hand it its answer), functions whose code starts with the prompt
+itself (the function being written, or a copy of it), and repeats of a function already taken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+from fnbody.errors import FnbodyError
+from fnbody.generate.base import Completion, GenerationConfig, Generator
+
+DEFAULT_BUDGET_CHARS = 2000  # for generators without a tokenizer (the char-RNN): about 500 tokens' worth
+DEFAULT_BUDGET_TOKENS = 1024  # context + prompt cap when none is given: long contexts cost more than they help on CPU
+FETCH_EXTRA = 16  # hits fetched beyond k, so the filters rarely leave fewer than k
+
+
+def context_header(hit: dict) -> str:
+    """The comment line naming where a context function comes from."""
+    where = "/".join(str(x) for x in (hit.get("repo"), hit.get("path")) if x)
+    return f"# Related function{f' from {where}' if where else ''}:\n"
+
+
+def _normalise(code: str) -> str:
+    return "\n".join(line.rstrip() for line in code.strip().splitlines())
+
+
+def is_same_function(hit_code: str, prompt: str) -> bool:
+    """True when a retrieved function is the prompt's own function (its code begins with the prompt)."""
+    p = _normalise(prompt)
+    return bool(p) and _normalise(hit_code).startswith(p)
+
+
+def build_context(hits: Sequence[dict], prompt: str, k: int, fits: Callable[[str], bool]) -> tuple[str, list[dict]]:
+    """Up to `k` of `hits` (best first) as context text, each kept only if `fits(context + prompt)`.
+
+    Returns (context, used hits best first). The context lists the best hit last, nearest the prompt.
+    """
+    used: list[dict] = []
+    seen: set[str] = set()
+    for hit in hits:
+        if len(used) >= k:
+            break
+        code = (hit.get("code") or "").strip("\n")
+        key = _normalise(code)
+        if not key or key in seen or is_same_function(code, prompt):
+            continue
+        candidate = _render([*used, hit])
+        if fits(candidate + prompt):
+            used.append(hit)
+            seen.add(key)
+    return _render(used), used
+
+
+def _render(hits: Sequence[dict]) -> str:
+    return "".join(context_header(h) + (h.get("code") or "").strip("\n") + "\n\n\n" for h in reversed(hits))
+
+
+@dataclass
+class Retrieval:
+    """What was retrieved for one prompt (kept for diagnostics)."""
+
+    query: str
+    context: str
+    hits: list[dict] = field(default_factory=list)  # used hits, best first: repo, path, func_name, score
+    excluded_repo: str | None = None
+
+
+class RetrievalAugmentedGenerator:
+    """A `Generator` that prefixes each prompt with its top-k retrieved training functions."""
+
+    def __init__(self, base: Generator, index, k: int = 2, exclude_repo: Callable[[str], str | None] | None = None,
+                 budget_tokens: int = 0, budget_chars: int = 0) -> None:
+        if k < 1:
+            raise FnbodyError(f"rag k must be >= 1, got {k}")
+        if budget_tokens < 0 or budget_chars < 0:
+            raise FnbodyError("rag budgets must be >= 0 (0 = the model's own limit)")
+        self.base = base
+        self.index = index
+        self.k = k
+        self.exclude_repo = exclude_repo
+        self.budget_tokens = budget_tokens
+        self.budget_chars = budget_chars
+        self.name = f"{base.name}+rag{k}"
+        self.last_retrievals: list[Retrieval] = []
+        count = getattr(base, "count_tokens", None)
+        if count is not None:
+            self.count_tokens = count  # the server reports prompt usage with it
+
+    # ----- budget -------------------------------------------------------------------------------
+    def _tokens(self, text: str) -> int | None:
+        tok = getattr(self.base, "tokenizer", None)
+        if tok is None:
+            return None
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    def fits(self, max_new_tokens: int) -> Callable[[str], bool]:
+        """A test of whether context + prompt fits this generator's budget for `max_new_tokens`."""
+        max_context = getattr(self.base, "max_context", None)
+        if getattr(self.base, "tokenizer", None) is not None and max_context:
+            # Mirror LMGenerator._encode_prompts: EOS + prompt must fit beside the generation room.
+            room = max_context - min(max_new_tokens, max_context // 2) - 1
+            room = min(room, self.budget_tokens or DEFAULT_BUDGET_TOKENS)
+            return lambda text: self._tokens(text) <= room
+        if self.budget_tokens and getattr(self.base, "tokenizer", None) is not None:
+            return lambda text: self._tokens(text) <= self.budget_tokens
+        limit = self.budget_chars or DEFAULT_BUDGET_CHARS
+        return lambda text: len(text) <= limit
+
+    # ----- retrieval ----------------------------------------------------------------------------
+    def retrieve(self, prompts: Sequence[str], max_new_tokens: int = 256, exclude_repos: Sequence[str | None] | None = None) -> list[Retrieval]:
+        """Context for each prompt (repo exclusion from `exclude_repos`, else from `exclude_repo(prompt)`)."""
+        from fnbody.augment.prompt import query_text
+
+        if exclude_repos is None:
+            exclude_repos = [self.exclude_repo(p) if self.exclude_repo else None for p in prompts]
+        queries = [query_text(p) for p in prompts]
+        fetched = self.index.query_many(queries, min(self.k + FETCH_EXTRA, len(self.index))) if prompts else []
+        fits = self.fits(max_new_tokens)
+        out = []
+        for prompt, query, hits, repo in zip(prompts, queries, fetched, exclude_repos):
+            allowed = [h for h in hits if not (repo and h.get("repo") == repo)]
+            context, used = build_context(allowed, prompt, self.k, fits)
+            out.append(Retrieval(query=query, context=context, excluded_repo=repo,
+                                 hits=[{k: h.get(k) for k in ("repo", "path", "func_name", "score")} for h in used]))
+        return out
+
+    # ----- the Generator interface --------------------------------------------------------------
+    def generate(self, prompts: Sequence[str], cfg: GenerationConfig) -> list[list[Completion]]:
+        """Bodies for `prompts`, each generated after its retrieved context (only the body is returned)."""
+        self.last_retrievals = self.retrieve(prompts, cfg.max_new_tokens)
+        return self.base.generate([r.context + p for r, p in zip(self.last_retrievals, prompts)], cfg)
+
+    def stream(self, prompt: str, cfg: GenerationConfig) -> Iterator[str]:
+        """Stream one body generated after the prompt's retrieved context."""
+        self.last_retrievals = self.retrieve([prompt], cfg.max_new_tokens)
+        yield from self.base.stream(self.last_retrievals[0].context + prompt, cfg)
+
+
+def repo_lookup(rows: Sequence[dict]) -> Callable[[str], str | None]:
+    """`exclude_repo` for prompt rows that carry `repo` (corpus rows do): prompt -> its repo."""
+    by_prompt = {r["prompt"]: r.get("repo") for r in rows if r.get("repo")}
+    return by_prompt.get
+
+
+def training_contexts(records: Sequence[dict], index, k: int, fits: Callable[[str], bool], batch: int = 256) -> list[str]:
+    """Retrieved context for each training record, excluding the function itself and its whole repo."""
+    from fnbody.augment.prompt import query_text
+    from fnbody.progress import progress
+
+    out: list[str] = []
+    fetch = min(k + FETCH_EXTRA, len(index))
+    for s in progress(range(0, len(records), batch), desc="retrieve context", total=(len(records) + batch - 1) // batch, unit="batch"):
+        part = records[s:s + batch]
+        hits = index.query_many([query_text(r["prompt"]) for r in part], fetch)
+        for r, hs in zip(part, hits):
+            own = _normalise(r.get("code") or r["prompt"] + r.get("body", ""))
+            allowed = [h for h in hs if h.get("repo") != r.get("repo") and _normalise(h.get("code") or "") != own]
+            out.append(build_context(allowed, r["prompt"], k, fits)[0])
+    return out

@@ -1,0 +1,217 @@
+"""Retrieval-augmented and execution-checked generation: context placement, budget, leakage, ranking, sandbox, CLI."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fnbody.augment.checked import Candidate, ExecutionCheckedGenerator, doctest_examples, rank_candidates
+from fnbody.augment.prompt import function_name, prompt_docstring, query_text
+from fnbody.augment.rag import RetrievalAugmentedGenerator, build_context, training_contexts
+from fnbody.cli import main
+from fnbody.errors import FnbodyError
+from fnbody.generate.base import Completion, GenerationConfig
+
+ADD = 'def add(a, b):\n    """Add two numbers.\n\n    >>> add(2, 3)\n    5\n    """\n'
+
+
+class FixedGenerator:
+    """A Generator stand-in that returns fixed candidates and records the prompts it was given."""
+
+    name = "fixed"
+
+    def __init__(self, candidates: list[Completion]):
+        self.candidates = candidates
+        self.seen: list[str] = []
+
+    def generate(self, prompts, cfg):
+        self.seen += list(prompts)
+        return [list(self.candidates[:cfg.n]) for _ in prompts]
+
+    def stream(self, prompt, cfg):
+        self.seen.append(prompt)
+        yield self.candidates[0].text
+
+
+class FakeIndex:
+    """Hand-made hits, best first, for every query."""
+
+    def __init__(self, hits):
+        self.hits = hits
+        self.queries: list[str] = []
+
+    def __len__(self):
+        return len(self.hits)
+
+    def query_many(self, texts, k):
+        self.queries += list(texts)
+        return [self.hits[:k] for _ in texts]
+
+
+def _hit(name, repo, body="    return 1\n"):
+    return {"repo": repo, "path": f"{name}.py", "func_name": name, "score": 1.0, "code": f"def {name}():\n{body}"}
+
+
+# ----- prompts ------------------------------------------------------------------------------------
+
+def test_prompt_docstring_query_and_doctests():
+    prompt = "import os\n\ndef helper():\n    '''Not this one.'''\n    return 1\n\n" + ADD
+    assert function_name(prompt) == "add"
+    assert prompt_docstring(prompt).startswith("Add two numbers.")
+    assert query_text(prompt) == "Add two numbers."
+    assert doctest_examples(prompt) == [("add(2, 3)\n", "5\n")]
+    assert query_text("def read_csv_file(p):\n") == "read csv file"
+    assert doctest_examples("def f(x):\n    '''No examples.'''\n") == []
+
+
+# ----- retrieval ----------------------------------------------------------------------------------
+
+def test_context_goes_before_prompt_best_last_within_budget():
+    prompt = 'def g():\n    """Do g."""\n'
+    hits = [_hit("best", "r1"), _hit("huge", "r2", "    x = 1\n" * 200), _hit("second", "r3"), _hit("third", "r4")]
+    context, used = build_context(hits, prompt, k=2, fits=lambda text: len(text) <= 400)
+    assert [h["func_name"] for h in used] == ["best", "second"]  # the huge one is skipped whole
+    assert context.index("def second") < context.index("def best")  # best nearest the prompt
+    assert len(context + prompt) <= 400 and "# Related function from r1/best.py:" in context
+    # The prompt's own function (or a copy of it) is never context.
+    own = {"repo": "x", "path": "g.py", "code": prompt + "    return 2\n"}
+    assert build_context([own], prompt, k=2, fits=lambda t: True)[1] == []
+
+
+def test_rag_generator_returns_only_body_and_excludes_own_repo():
+    base = FixedGenerator([Completion("    return 7\n", mean_logprob=-0.1)])
+    index = FakeIndex([_hit("same_repo", "mine"), _hit("other", "theirs"), _hit("third", "else")])
+    prompt = 'def g():\n    """Do g."""\n'
+    rag = RetrievalAugmentedGenerator(base, index, k=2, exclude_repo={prompt: "mine"}.get, budget_chars=5000)
+    out = rag.generate([prompt], GenerationConfig())
+    assert out[0][0].text == "    return 7\n"
+    sent = base.seen[-1]
+    assert sent.endswith(prompt) and "def other" in sent and "def third" in sent and "same_repo" not in sent
+    assert [h["repo"] for h in rag.last_retrievals[0].hits] == ["theirs", "else"] and index.queries[-1] == "Do g."
+    assert "".join(rag.stream(prompt, GenerationConfig())) == "    return 7\n" and base.seen[-1] == sent
+    with pytest.raises(FnbodyError, match="k must be"):
+        RetrievalAugmentedGenerator(base, index, k=0)
+
+
+def test_training_contexts_exclude_self_and_repo():
+    rec = {"repo": "mine", "prompt": 'def g():\n    """Do g."""\n', "body": "    return 1\n"}
+    rec["code"] = rec["prompt"] + rec["body"]
+    copy = {"repo": "fork", "path": "g.py", "code": rec["code"]}
+    index = FakeIndex([copy, _hit("sibling", "mine"), _hit("other", "theirs")])
+    (ctx,) = training_contexts([rec], index, k=2, fits=lambda t: True)
+    assert "def other" in ctx and "sibling" not in ctx and "fork" not in ctx
+
+
+@pytest.fixture(scope="module")
+def real_index(tmp_path_factory):
+    """A tiny real NBoW run and an index of the fixture corpus's train split."""
+    from conftest import make_tiny_corpus
+    from fnbody.corpus.io import read_split
+    from fnbody.search.index import SearchIndex, build_index
+
+    root = tmp_path_factory.mktemp("augment")
+    corpus = make_tiny_corpus(root / "corpus")
+    run = root / "search"
+    assert main(["train", "search", "--corpus", str(corpus), "--encoder", "nbow", "--out", str(run), "--max-steps", "3",
+                 "--set", "model.emb_dim=16", "--set", "model.vocab_size=200", "--set", "train.batch_size=16",
+                 "--set", "train.show_progress=false"]) == 0
+    build_index(run, read_split(corpus, "train"), root / "index")
+    return corpus, run, root / "index", SearchIndex.load(root / "index")
+
+
+def test_rag_end_to_end_tiny_lm_token_budget(real_index):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from fnbody.corpus.io import read_split
+    from fnbody.generate.lm import LMGenerator
+    from fnbody.augment.rag import repo_lookup
+    from fnbody.tokens.byte_bpe import train_byte_bpe
+
+    corpus, _, _, index = real_index
+    rows = read_split(corpus, "test", 4)
+    tok = train_byte_bpe([r["code"] for r in read_split(corpus, "train")], vocab_size=300, min_frequency=1)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=16, n_layer=1, n_head=2)).eval()
+    base = LMGenerator(model, tok, name="tiny")
+    rag = RetrievalAugmentedGenerator(base, index, k=2, exclude_repo=repo_lookup(rows))
+    cfg = GenerationConfig(max_new_tokens=16, batch_size=4)
+    outs = rag.generate([r["prompt"] for r in rows], cfg)
+    assert len(outs) == 4 and all(len(o) == 1 for o in outs)
+    room = 256 - 16 - 1
+    for r, rt in zip(rows, rag.last_retrievals):
+        assert rt.hits, "the tiny index should supply some context"
+        assert all(h["repo"] != r["repo"] for h in rt.hits)  # no leakage from the prompt's repo
+        assert len(tok(rt.context + r["prompt"], add_special_tokens=False)["input_ids"]) <= room
+    for o in outs:  # only bodies come back, never the context
+        assert "# Related function" not in o[0].text and o[0].num_tokens <= 16
+
+
+# ----- execution checking -------------------------------------------------------------------------
+
+def test_doctest_passing_candidate_outranks_higher_logprob_and_unparsable_is_dropped():
+    cands = [
+        Completion("    return a - b\n", mean_logprob=-0.1),  # most likely, fails the doctest
+        Completion("    return (a +\n", mean_logprob=-0.05),  # does not parse
+        Completion("    return a + b\n", mean_logprob=-0.9),  # passes
+        Completion("    return a + b\n", mean_logprob=-0.9),  # duplicate, merged
+    ]
+    gen = ExecutionCheckedGenerator(FixedGenerator(cands), n_candidates=4, include_greedy=False)
+    out = gen.generate([ADD], GenerationConfig(n=3))
+    assert [c.text for c in out[0]] == ["    return a + b\n", "    return a - b\n"]  # unparsable dropped
+    ranked = gen.last_candidates[0]
+    assert [c.rank for c in ranked] == [1, 2, 3] and len(ranked) == 3
+    assert ranked[0].passed is True and ranked[0].status == "passed" and ranked[0].doctests == 1
+    assert ranked[1].passed is False and ranked[2].parses is False and "SyntaxError" in ranked[2].syntax_error
+    assert "".join(gen.stream(ADD, GenerationConfig())) == "    return a + b\n"
+
+
+def test_without_doctests_ranking_is_by_logprob():
+    ranked = rank_candidates([Candidate("a", -2.0, "stop", 1, "sample"), Candidate("b", -0.5, "stop", 1, "sample"),
+                              Candidate("c", None, "stop", 1, "sample")])
+    assert [c.text for c in ranked] == ["b", "a", "c"]
+
+
+def test_doctests_run_in_the_sandbox_not_here(tmp_path):
+    target = tmp_path / "escaped.txt"
+    evil = f"    open({str(target)!r}, 'w').write('x')\n    return a + b\n"
+    gen = ExecutionCheckedGenerator(FixedGenerator([Completion(evil, mean_logprob=-0.1)]), n_candidates=1, include_greedy=False)
+    gen.generate([ADD], GenerationConfig())
+    c = gen.last_candidates[0][0]
+    assert c.status != "not run" and not target.exists()  # the write happened (if at all) in the sandbox only
+
+
+# ----- command line -------------------------------------------------------------------------------
+
+def test_cli_generate_and_complete_with_rag_and_checked(real_index, tmp_path, capsys):
+    corpus, search_run, _, _ = real_index
+    run = tmp_path / "char"
+    assert main(["train", "char-rnn", "--corpus", str(corpus), "--out", str(run), "--max-steps", "2", "--hidden", "16",
+                 "--layers", "1", "--seq-len", "32", "--batch-size", "4", "--device", "cpu",
+                 "--set", "data.train_eval_chars=400", "--set", "train.show_progress=false"]) == 0
+    index = tmp_path / "index"
+    assert main(["search", "index", str(search_run), "--corpus", str(corpus), "--splits", "train", "--out", str(index)]) == 0
+    samples = tmp_path / "samples.jsonl"
+    assert main(["generate", str(run), "--input", str(corpus), "--output", str(samples), "--max-samples", "2",
+                 "--max-new-tokens", "20", "--device", "cpu", "--rag-index", str(index), "--rag-k", "1", "--checked", "2"]) == 0
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert len(rows) == 2 and rows[0]["model"].endswith("+rag1+checked2")
+    prompt = tmp_path / "p.py"
+    prompt.write_text(ADD)
+    capsys.readouterr()
+    assert main(["complete", str(run), str(prompt), "--json", "--max-new-tokens", "12", "--device", "cpu",
+                 "--rag-index", str(index), "--checked", "2"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1
+    assert main(["complete", str(run), str(prompt), "--max-new-tokens", "12", "--rag-index", str(tmp_path / "nope")]) == 2
+    assert main(["complete", str(run), str(prompt), "--checked", "-1"]) == 2
+
+
+def test_serve_accepts_the_flags():
+    import argparse
+
+    from fnbody.commands import serve
+
+    parser = argparse.ArgumentParser()
+    serve.register(parser.add_subparsers(), {})
+    args = parser.parse_args(["serve", "RUN", "--rag-index", "IDX", "--rag-k", "3", "--checked", "4"])
+    assert (args.rag_index, args.rag_k, args.checked) == ("IDX", 3, 4)
