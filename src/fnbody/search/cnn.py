@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fnbody.search.pooling import WeightedMeanPool
+from fnbody.search.pooling import WeightedMeanPool, token_embedding
 
 
 class CNNEncoder(nn.Module):
@@ -13,7 +13,7 @@ class CNNEncoder(nn.Module):
 
     def __init__(self, vocab_size: int, emb_dim: int = 128, dropout: float = 0.1, kernel: int = 16, num_layers: int = 3) -> None:
         super().__init__()
-        self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=0)
+        self.embed = token_embedding(vocab_size, emb_dim)
         self.drop = nn.Dropout(dropout)
         self.convs = nn.ModuleList(nn.Conv1d(emb_dim, emb_dim, kernel, padding="same") for _ in range(num_layers))
         self.pool = WeightedMeanPool(emb_dim)

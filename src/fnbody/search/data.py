@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -58,18 +57,38 @@ def training_pair(record: dict, use_func_name: bool) -> tuple[list[str], list[st
     return query, code
 
 
-@dataclass
 class PairDataset:
-    """Pre-encoded (query ids, code ids) pairs; map-style, as the Trainer wants."""
+    """Pre-encoded (query ids, code ids) pairs, padded once into two id matrices; map-style, as the Trainer wants.
 
-    query_ids: list[list[int]]
-    code_ids: list[list[int]]
+    Items are row numbers and `collate` gathers rows and trims them to the batch's longest sequence,
+    so a training step does no per-example Python work (building 1000 tensors per step cost ~40 ms).
+    """
+
+    def __init__(self, query_ids: list[list[int]], code_ids: list[list[int]]) -> None:
+        if len(query_ids) != len(code_ids):
+            raise ValueError(f"{len(query_ids)} queries but {len(code_ids)} code sequences")
+        self.query_ids = query_ids
+        self.code_ids = code_ids
+        self.query = pad_ids(query_ids) if query_ids else torch.zeros((0, 1), dtype=torch.long)  # (N, Tq)
+        self.code = pad_ids(code_ids) if code_ids else torch.zeros((0, 1), dtype=torch.long)  # (N, Tc)
+        self.query_len = (self.query != PAD_ID).sum(1)  # (N,)
+        self.code_len = (self.code != PAD_ID).sum(1)  # (N,)
 
     def __len__(self) -> int:
         return len(self.query_ids)
 
-    def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
-        return self.query_ids[i], self.code_ids[i]
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def rows(self, idx: torch.Tensor | Sequence[int]) -> dict[str, torch.Tensor]:
+        """{"query": (B, Tq), "code": (B, Tc)} for rows `idx`, trimmed to their longest sequences."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        tq, tc = int(self.query_len[idx].max()), int(self.code_len[idx].max())
+        return {"query": self.query[idx, :tq], "code": self.code[idx, :tc]}
+
+    def collate(self, items: list[int]) -> dict[str, torch.Tensor]:
+        """The Trainer's collate: a list of row numbers -> padded batch."""
+        return self.rows(items)
 
 
 def encode_pairs(records: Sequence[dict], query_vocab: SubwordVocab, code_vocab: SubwordVocab, query_max_len: int,

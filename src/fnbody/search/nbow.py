@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fnbody.search.pooling import WeightedMeanPool
+from fnbody.search.pooling import WeightedMeanPool, token_embedding
 
 
 class NBoWEncoder(nn.Module):
@@ -13,11 +13,14 @@ class NBoWEncoder(nn.Module):
 
     def __init__(self, vocab_size: int, emb_dim: int = 128, dropout: float = 0.1) -> None:
         super().__init__()
-        self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=0)
+        self.embed = token_embedding(vocab_size, emb_dim)
         self.drop = nn.Dropout(dropout)
         self.pool = WeightedMeanPool(emb_dim)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        mask = (ids != 0).float()  # (B, T)
-        h = self.drop(self.embed(ids))  # (B, T, C)
-        return self.pool(h, mask)  # (B, C)
+        # A bag of words needs no positions, so only the real tokens are embedded, dropped out and pooled:
+        # code batches are about half padding, and skipping it halves the step time on CPU.
+        real = ids != 0  # (B, T)
+        rows = real.nonzero()[:, 0]  # (N,) sequence of each real token, row-major
+        h = self.drop(self.embed(ids[real]))  # (N, C)
+        return self.pool.packed(h, rows, ids.shape[0])  # (B, C)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fnbody.search.pooling import WeightedMeanPool
+from fnbody.search.pooling import WeightedMeanPool, token_embedding
 
 
 class BiRNNEncoder(nn.Module):
@@ -17,7 +17,7 @@ class BiRNNEncoder(nn.Module):
             raise ValueError(f"rnn cell must be 'gru' or 'lstm', got {cell!r}")
         if emb_dim % 2:
             raise ValueError(f"emb_dim must be even for a bidirectional RNN, got {emb_dim}")
-        self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=0)
+        self.embed = token_embedding(vocab_size, emb_dim)
         self.drop = nn.Dropout(dropout)
         rnn_cls = nn.GRU if cell == "gru" else nn.LSTM
         self.rnn = rnn_cls(emb_dim, emb_dim // 2, num_layers=num_layers, batch_first=True, bidirectional=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fnbody.search.pooling import WeightedMeanPool
+from fnbody.search.pooling import WeightedMeanPool, token_embedding
 
 
 class SelfAttentionEncoder(nn.Module):
@@ -14,7 +14,7 @@ class SelfAttentionEncoder(nn.Module):
     def __init__(self, vocab_size: int, emb_dim: int = 128, dropout: float = 0.1, num_layers: int = 3,
                  num_heads: int = 8, ffn_dim: int = 512, max_len: int = 512) -> None:
         super().__init__()
-        self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=0)
+        self.embed = token_embedding(vocab_size, emb_dim)
         self.pos = nn.Embedding(max_len, emb_dim)
         self.drop = nn.Dropout(dropout)
         layer = nn.TransformerEncoderLayer(emb_dim, num_heads, ffn_dim, dropout, activation="gelu", batch_first=True, norm_first=True)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from fnbody.errors import FnbodyError
-from fnbody.search.data import PairDataset, collate_pairs, encode_pairs, pad_ids
+from fnbody.search.data import PairDataset, encode_pairs
 from fnbody.search.embed import CODE_VOCAB, KIND, QUERY_VOCAB
 from fnbody.search.losses import retrieval_loss
 from fnbody.search.metrics import CSN_EVAL_BATCH, batched_mrr, mean_reciprocal_rank
@@ -48,8 +48,9 @@ def embed_dataset(model: TwoTowerModel, data: PairDataset, batch_size: int = CSN
     device = next(model.parameters()).device
     qs, cs = [], []
     for s in range(0, len(data), batch_size):
-        qs.append(model.encode_queries(pad_ids(data.query_ids[s:s + batch_size]).to(device)).float().cpu())
-        cs.append(model.encode_code(pad_ids(data.code_ids[s:s + batch_size]).to(device)).float().cpu())
+        b = data.rows(range(s, min(s + batch_size, len(data))))
+        qs.append(model.encode_queries(b["query"].to(device)).float().cpu())
+        cs.append(model.encode_code(b["code"].to(device)).float().cpu())
     return torch.cat(qs), torch.cat(cs)
 
 
@@ -136,7 +137,7 @@ def train_search(corpus: str | Path, out_dir: str | Path, cfg: SearchTrainConfig
         return model(batch_["query"], batch_["code"])[2]
 
     evaluate = (lambda mdl: score_pairs(mdl, valid_data, batch)) if len(valid_data) >= 2 else None
-    trainer = Trainer(model, cfg.train, train_data, collate_pairs, compute_loss, out_dir, evaluate=evaluate, callbacks=[CurvesCallback()])
+    trainer = Trainer(model, cfg.train, train_data, train_data.collate, compute_loss, out_dir, evaluate=evaluate, callbacks=[CurvesCallback()])
     trainer.fit(resume=resume)
     if evaluate is None:  # no validation set: the last weights are the best we know
         from fnbody.train.checkpoint import save_checkpoint
