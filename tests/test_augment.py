@@ -215,3 +215,33 @@ def test_serve_accepts_the_flags():
     serve.register(parser.add_subparsers(), {})
     args = parser.parse_args(["serve", "RUN", "--rag-index", "IDX", "--rag-k", "3", "--checked", "4"])
     assert (args.rag_index, args.rag_k, args.checked) == ("IDX", 3, 4)
+
+
+# ----- training with retrieved context --------------------------------------------------------------
+
+def test_lm_data_context_is_prompt_side_only():
+    from fnbody.tokens.byte_bpe import train_byte_bpe
+    from fnbody.train.lm_data import tokenize_functions
+
+    rec = {"prompt": 'def g():\n    """Do g."""\n', "body": "    return 1\n"}
+    tok = train_byte_bpe([rec["prompt"] + rec["body"], "# Related function:\ndef h():\n    return 2\n"], vocab_size=280, min_frequency=1)
+    ids0, mask0 = tokenize_functions([rec], tok)
+    ctx = "# Related function:\ndef h():\n    return 2\n\n\n"
+    ids1, mask1 = tokenize_functions([rec], tok, contexts=[ctx])
+    assert len(ids1) > len(ids0) and int(mask1.sum()) == int(mask0.sum())  # same body targets, more prompt
+    assert tok.decode(ids1[1:1 + len(ids1) - len(ids0)]).startswith("# Related")
+    with pytest.raises(FnbodyError, match="contexts for"):
+        tokenize_functions([rec], tok, contexts=[])
+
+
+def test_cli_train_lm_with_retrieved_context(real_index, tmp_path):
+    corpus, _, index, _ = real_index
+    run = tmp_path / "lm"
+    assert main(["train", "lm", "--corpus", str(corpus), "--out", str(run), "--init", "scratch:tiny", "--vocab-size", "300",
+                 "--block-size", "64", "--batch-size", "4", "--max-steps", "1", "--device", "cpu",
+                 "--set", "data.bleu_samples=0", "--set", "train.show_progress=false", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+                 "--set", f"data.rag_index={index}", "--set", "data.rag_k=1"]) == 0
+    info = json.loads((run / "fnbody.json").read_text())
+    assert info["config"]["data"]["rag_index"] == str(index)
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*/meta.json")]
+    assert metas and all(m["context"].startswith("rag|index:") for m in metas)

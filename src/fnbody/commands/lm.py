@@ -58,10 +58,16 @@ class LMDataConfig:
     bleu_samples: int = field(default=16, metadata={"help": "fixed valid prompts whose generated bodies are scored with BLEU (0 = off)"})
     bleu_max_new_tokens: int = field(default=128, metadata={"help": "token cap per generated body during evaluation"})
     cache_dir: str = field(default="", metadata={"help": "tokenised-data cache (default $FNBODY_CACHE or ~/.cache/fnbody, /lm-data)"})
+    rag_index: str = field(default="", metadata={"help": "search index of the train split: put each function's top rag_k retrieved "
+                                                         "functions (never itself, never its own repo) before its prompt, as `--rag-index` does at generation"})
+    rag_k: int = field(default=2, metadata={"help": "functions retrieved per training function (with rag_index)"})
+    rag_budget_tokens: int = field(default=0, metadata={"help": "cap on context + prompt tokens (0 = half of block_size)"})
 
     def __post_init__(self) -> None:
         if self.block_size < 2 or self.eval_batch_size < 1:
             raise ValueError("block_size must be >= 2 and eval_batch_size >= 1")
+        if self.rag_k < 1 or self.rag_budget_tokens < 0:
+            raise ValueError("rag_k must be >= 1 and rag_budget_tokens >= 0")
 
 
 @dataclass
@@ -128,12 +134,29 @@ def _context_length(model) -> int:
     return getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None) or 2048
 
 
+def _rag_contexts(data: LMDataConfig, tokenizer):
+    """(context_fn, cache key) for training with retrieved context, or (None, "") without an index."""
+    if not data.rag_index:
+        return None, ""
+    from fnbody.augment.rag import training_contexts
+    from fnbody.search.index import SearchIndex
+
+    index = SearchIndex.load(data.rag_index, device="cpu")
+    budget = data.rag_budget_tokens or data.block_size // 2
+
+    def fits(text: str) -> bool:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= budget
+
+    key = f"rag|index:{index.info['model_fingerprint'][:16]}|count:{len(index)}|k:{data.rag_k}|budget:{budget}"
+    return (lambda records: training_contexts(records, index, data.rag_k, fits)), key
+
+
 def _check_resume_config(out_dir: Path, cfg: LMRunConfig) -> None:
     from fnbody.config import read_run_info, to_dict
 
     saved = read_run_info(out_dir).get("config", {})
     now = to_dict(cfg)
-    for section, keys in (("model", ("init", "vocab_size")), ("data", ("block_size", "body_only_loss", "max_samples"))):
+    for section, keys in (("model", ("init", "vocab_size")), ("data", ("block_size", "body_only_loss", "max_samples", "rag_index", "rag_k"))):
         for k in keys:
             if saved.get(section, {}).get(k) != now[section][k]:
                 raise FnbodyError(f"{out_dir}: cannot resume: {section}.{k} was {saved.get(section, {}).get(k)!r}, now {now[section][k]!r}")
@@ -194,11 +217,12 @@ def train_lm(corpus_dir: str | Path, out_dir: str | Path, cfg: LMRunConfig, *, r
             raise FnbodyError(f"data.block_size {cfg.data.block_size} exceeds the model's context of {context} tokens")
 
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else cache_root() / "lm-data"
+        context_fn, context_key = _rag_contexts(cfg.data, tokenizer)
         splits = {}
         for rank_turn in (True, False):  # rank 0 tokenises and caches; then the others read the cache
             if dist.is_main == rank_turn:
                 for split in ("train", "valid"):
-                    splits[split] = load_or_tokenize(corpus_dir, split, tokenizer, max_samples, cache_dir)
+                    splits[split] = load_or_tokenize(corpus_dir, split, tokenizer, max_samples, cache_dir, context_fn, context_key)
             barrier(dist)
         train_blocks = PackedBlocks(splits["train"][0], splits["train"][1], cfg.data.block_size, cfg.data.body_only_loss)
         valid_blocks = PackedBlocks(splits["valid"][0], splits["valid"][1], cfg.data.block_size, cfg.data.body_only_loss)

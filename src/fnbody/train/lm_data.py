@@ -48,11 +48,13 @@ def split_fingerprint(corpus_dir: str | Path, split: str) -> str:
     return h.hexdigest()[:16]
 
 
-def tokenize_functions(records, tokenizer, desc: str = "tokenize") -> tuple[np.ndarray, np.ndarray]:
+def tokenize_functions(records, tokenizer, desc: str = "tokenize", contexts: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One token stream for all functions, `EOS prompt body EOS prompt body ...`, and its body mask.
 
     `mask[i]` is 1 when token i is body or the EOS that ends a function: the tokens a generator
-    must produce.
+    must produce. With `contexts` (one string per record, e.g. retrieved similar functions), each
+    prompt becomes `context + prompt`, tokenised as one text exactly as the retrieval-augmented
+    generator feeds it; context tokens are never targets of the body mask.
     """
     from fnbody.progress import progress
 
@@ -61,12 +63,15 @@ def tokenize_functions(records, tokenizer, desc: str = "tokenize") -> tuple[np.n
     masks: list[np.ndarray] = []
     chunk = 512
     records = list(records)
+    if contexts is not None and len(contexts) != len(records):
+        raise FnbodyError(f"{len(contexts)} contexts for {len(records)} functions")
     for start in progress(range(0, len(records), chunk), desc=desc, total=(len(records) + chunk - 1) // chunk, unit="chunk"):
         part = records[start:start + chunk]
         for i, r in enumerate(part):
             if not isinstance(r.get("prompt"), str) or not isinstance(r.get("body"), str):
                 raise FnbodyError(f"record {start + i} ({r.get('func_name', '?')}): missing prompt/body text; is this an fnbody corpus?")
-        prompts = tokenizer([r["prompt"] for r in part], add_special_tokens=False)["input_ids"]
+        texts = [(contexts[start + i] if contexts is not None else "") + r["prompt"] for i, r in enumerate(part)]
+        prompts = tokenizer(texts, add_special_tokens=False)["input_ids"]
         bodies = tokenizer([r["body"] for r in part], add_special_tokens=False)["input_ids"]
         for p, b in zip(prompts, bodies):
             seq = np.asarray([eos, *p, *b], dtype=np.int32)
@@ -85,8 +90,13 @@ def tokenize_functions(records, tokenizer, desc: str = "tokenize") -> tuple[np.n
     return np.concatenate(ids), np.concatenate(masks)
 
 
-def load_or_tokenize(corpus_dir: str | Path, split: str, tokenizer, max_samples: int | None, cache_dir: str | Path) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Tokenised `split` from the cache, or tokenise and cache it; returns (ids, mask, was_cached)."""
+def load_or_tokenize(corpus_dir: str | Path, split: str, tokenizer, max_samples: int | None, cache_dir: str | Path,
+                     context_fn=None, context_key: str = "") -> tuple[np.ndarray, np.ndarray, bool]:
+    """Tokenised `split` from the cache, or tokenise and cache it; returns (ids, mask, was_cached).
+
+    `context_fn(records) -> list[str]` adds a context before each prompt (see `tokenize_functions`);
+    `context_key` must name everything that decides those contexts, as it joins the cache key.
+    """
     from fnbody.corpus.io import read_split
     from fnbody.io import replace_dir, write_json
 
@@ -94,6 +104,8 @@ def load_or_tokenize(corpus_dir: str | Path, split: str, tokenizer, max_samples:
         "format": DATA_FORMAT, "split": split, "max_samples": max_samples,
         "tokenizer": tokenizer_fingerprint(tokenizer), "corpus": split_fingerprint(corpus_dir, split),
     }
+    if context_fn is not None:
+        key_parts["context"] = context_key
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:20]
     folder = Path(cache_dir) / f"{split}-{key}"
     if (folder / "meta.json").exists():
@@ -104,7 +116,8 @@ def load_or_tokenize(corpus_dir: str | Path, split: str, tokenizer, max_samples:
     records = read_split(corpus_dir, split, max_samples)
     if not records:
         raise FnbodyError(f"{corpus_dir}: split {split!r} has no functions")
-    ids, mask = tokenize_functions(records, tokenizer, desc=f"tokenize {split}")
+    contexts = context_fn(records) if context_fn is not None else None
+    ids, mask = tokenize_functions(records, tokenizer, desc=f"tokenize {split}", contexts=contexts)
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
