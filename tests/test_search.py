@@ -273,3 +273,28 @@ def test_packed_nbow_equals_padded_weighted_mean():
     ref = enc.pool(enc.embed(ids), (ids != 0).float())
     assert torch.allclose(enc(ids), ref, atol=1e-6)
     assert torch.allclose(enc(ids[:1, :3]), ref[:1], atol=1e-6)
+
+
+def test_identical_queries_are_not_negatives():
+    # Rows 0 and 1 share a docstring: each one's code must not count against the other.
+    scores = torch.tensor([[0.9, 0.95, 0.1], [0.95, 0.9, 0.1], [0.1, 0.2, 0.9]])
+    groups = torch.tensor([5, 5, 2])
+    from fnbody.search.losses import same_group
+
+    nn_ = same_group(groups)
+    assert cosine_loss(scores, not_negative=nn_).item() == pytest.approx(((1 - 0.9 + 0.1) * 2 + (1 - 0.9 + 0.2)) / 3)
+    assert cosine_loss(scores).item() > cosine_loss(scores, not_negative=nn_).item()
+    expected = -np.mean([np.log(np.exp(0.9) / (np.exp(0.9) + np.exp(0.1)))] * 2 + [np.log(np.exp(0.9) / np.exp([0.1, 0.2, 0.9]).sum())])
+    assert softmax_loss(scores, nn_).item() == pytest.approx(expected, rel=1e-5)
+    assert torch.isfinite(max_margin_loss(scores[:2, :2], not_negative=nn_[:2, :2]))  # no negatives left: loss from the margin only
+
+
+def test_pair_dataset_batches_and_groups():
+    from fnbody.search.data import PairDataset
+
+    data = PairDataset([[3, 4], [5], [3, 4], []], [[7, 8, 9], [6], [2], [9, 9, 9, 9]])
+    assert len(data) == 4 and data[2] == 2
+    b = data.collate([1, 0])
+    assert b["query"].tolist() == [[5, 0], [3, 4]] and b["code"].tolist() == [[6, 0, 0], [7, 8, 9]]
+    assert data.group[0] == data.group[2] and data.group[0] != data.group[1]
+    assert data.rows([3])["query"].tolist() == [[1]]  # an empty query becomes one <unk>

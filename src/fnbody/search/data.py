@@ -73,6 +73,8 @@ class PairDataset:
         self.code = pad_ids(code_ids) if code_ids else torch.zeros((0, 1), dtype=torch.long)  # (N, Tc)
         self.query_len = (self.query != PAD_ID).sum(1)  # (N,)
         self.code_len = (self.code != PAD_ID).sum(1)  # (N,)
+        # Pairs with identical query ids share a group: the loss does not treat their codes as each other's negatives.
+        self.group = torch.unique(self.query, dim=0, return_inverse=True)[1] if query_ids else torch.zeros(0, dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.query_ids)
@@ -81,10 +83,10 @@ class PairDataset:
         return i
 
     def rows(self, idx: torch.Tensor | Sequence[int]) -> dict[str, torch.Tensor]:
-        """{"query": (B, Tq), "code": (B, Tc)} for rows `idx`, trimmed to their longest sequences."""
+        """{"query": (B, Tq), "code": (B, Tc), "group": (B,)} for rows `idx`, trimmed to their longest sequences."""
         idx = torch.as_tensor(idx, dtype=torch.long)
         tq, tc = int(self.query_len[idx].max()), int(self.code_len[idx].max())
-        return {"query": self.query[idx, :tq], "code": self.code[idx, :tc]}
+        return {"query": self.query[idx, :tq], "code": self.code[idx, :tc], "group": self.group[idx]}
 
     def collate(self, items: list[int]) -> dict[str, torch.Tensor]:
         """The Trainer's collate: a list of row numbers -> padded batch."""

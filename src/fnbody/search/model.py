@@ -82,8 +82,9 @@ class TwoTowerModel(nn.Module):
         """(Bq, Bc) similarities in the space the loss trains."""
         return similarity(q, c, self.cfg.loss)
 
-    def forward(self, query_ids: torch.Tensor, code_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (query embeddings (B, C), code embeddings (B, C), in-batch loss)."""
+    def forward(self, query_ids: torch.Tensor, code_ids: torch.Tensor,
+                groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (query embeddings (B, C), code embeddings (B, C), in-batch loss); `groups` (B,) marks identical queries."""
         q = self.encode_queries(query_ids)  # (B, C)
         c = self.encode_code(code_ids)  # (B, C)
-        return q, c, retrieval_loss(q, c, self.cfg.loss, self.cfg.margin)
+        return q, c, retrieval_loss(q, c, self.cfg.loss, self.cfg.margin, groups)

@@ -134,7 +134,7 @@ def train_search(corpus: str | Path, out_dir: str | Path, cfg: SearchTrainConfig
     batch = min(cfg.train.batch_size, len(train_data))
 
     def compute_loss(model, batch_: dict) -> torch.Tensor:
-        return model(batch_["query"], batch_["code"])[2]
+        return model(batch_["query"], batch_["code"], batch_["group"])[2]
 
     evaluate = (lambda mdl: score_pairs(mdl, valid_data, batch)) if len(valid_data) >= 2 else None
     trainer = Trainer(model, cfg.train, train_data, train_data.collate, compute_loss, out_dir, evaluate=evaluate, callbacks=[CurvesCallback()])
