@@ -52,8 +52,17 @@ def test_report_has_every_section_with_real_numbers(tiny_run):
         assert _is_number(summary["syntax"]["syntax_valid_rate"])
         assert summary["listing"] and summary["listing"][0]["prompt"].lstrip().startswith(("def", "async def", "@"))
     assert rep["bleu_during_training"]["gpt2-scratch"]
+    beyond = rep["beyond"]["gpt2-scratch"]
+    assert beyond["bleu"]["own_repo_hits"] == 0
+    for side in ("plain", "rag"):
+        assert _is_number(beyond["bleu"][side]["bleu"]["score"]) and "data:" in beyond["bleu"][side]["bleu"]["signature"]
+    assert "rag:k2" in beyond["bleu"]["rag"]["bleu"]["signature"]
+    for side in ("plain", "rag", "checked"):
+        assert _is_number(beyond["humaneval"][side]["pass@1"]) and beyond["humaneval"][side]["tasks"] == 2
+    assert "checked:n2" in beyond["humaneval"]["checked"]["signature"]
     md = (out / "report.md").read_text()
-    for heading in ("## Data", "## Code search", "## Char-RNN baseline", "### Sweep", "## Generation", "## BLEU during training", "## Sample generations"):
+    for heading in ("## Data", "## Code search", "## Char-RNN baseline", "### Sweep", "## Generation", "## BLEU during training", "## Sample generations",
+                    "## Beyond the report"):
         assert heading in md
     for fig in ("token_lengths.png", "search_nbow_curves.png", "char_rnn_loss.png", "lm_gpt2-scratch_curves.png"):
         assert (out / "figures" / fig).stat().st_size > 1000
@@ -64,7 +73,7 @@ def test_second_run_is_cached(tiny_run, capsys):
     out, argv = tiny_run
     assert main(argv) == 0
     err = capsys.readouterr().err
-    assert err.count("up to date (cached), skipping") == 8  # every stage but the report
+    assert err.count("up to date (cached), skipping") == 9  # every stage but the report
 
 
 def test_failing_stage_names_itself_and_its_log(tiny_run):

@@ -79,6 +79,18 @@ class EvalStage:
 
 
 @dataclass
+class AugmentStage:
+    """Beyond the report: retrieval-augmented and execution-checked generation (needs the NBoW search stage)."""
+
+    enabled: bool = field(default=True, metadata={"help": "run the stage (skipped when no nbow search run exists)"})
+    generator: str = field(default="", metadata={"help": "lm name to augment (default: the last of `lms`)"})
+    rag_k: int = field(default=2, metadata={"help": "functions retrieved per prompt"})
+    rag_budget_tokens: int = field(default=0, metadata={"help": "cap on context + prompt tokens (0 = model context minus generation room, at most 1024)"})
+    checked_n: int = field(default=8, metadata={"help": "candidates per HumanEval problem (greedy + N-1 samples)"})
+    checked_temperature: float = field(default=0.8, metadata={"help": "sampling temperature of the candidates"})
+
+
+@dataclass
 class PipelineConfig:
     """Everything `fnbody run` does, stage by stage."""
 
@@ -90,6 +102,7 @@ class PipelineConfig:
     char_rnn: CharRNNStage = field(default_factory=CharRNNStage)
     lms: list[LMStage] = field(default_factory=lambda: [LMStage()])
     evaluation: EvalStage = field(default_factory=EvalStage)
+    augment: AugmentStage = field(default_factory=AugmentStage)
 
 
 def load_preset(preset: str) -> PipelineConfig:

@@ -104,6 +104,28 @@ def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
             outputs=[ev / "summary.json"], deps=["corpus", dep], workdir=None,  # generation resumes from its .partial files
         ))
 
+    a = cfg.augment
+    lm_names = [lm.name for lm in cfg.lms]
+    target = a.generator or (lm_names[-1] if lm_names else "")
+    if a.enabled and "nbow" in s.encoders and target:
+        if target not in lm_names:
+            from fnbody.errors import FnbodyError
+
+            raise FnbodyError(f"augment.generator {target!r} is not one of lms {lm_names}")
+        aug = out / "augment" / target
+        stages.append(Stage(
+            f"augment-{target}", {**to_dict(a), **to_dict(e), "seed": cfg.seed, "device": dev},
+            lambda resume: [
+                fnbody_cmd("search", "index", out / "search" / "nbow", "--corpus", corpus, "--splits", "train",
+                           "--out", aug / "index", "--overwrite"),
+                task_cmd("evaluate_augmented", run=str(out / "lm" / target), corpus=str(corpus), index=str(aug / "index"),
+                         plain=str(out / "eval" / target), out=str(aug), name=target, rag_k=a.rag_k,
+                         rag_budget_tokens=a.rag_budget_tokens, checked_n=a.checked_n, checked_temperature=a.checked_temperature,
+                         bleu_samples=e.bleu_samples, humaneval_problems=e.humaneval_problems, max_new_tokens=e.max_new_tokens,
+                         batch_size=e.batch_size, timeout=e.timeout, seed=cfg.seed, device=dev)],
+            outputs=[aug / "summary.json"], deps=["corpus", "search-nbow", f"eval-{target}"], workdir=None,
+        ))
+
     stages.append(Stage(
         "report", {"config": config_hash(cfg), "t": time.time()},  # always rewritten: it is cheap and reads everything
         lambda resume: [task_cmd("write_report", out_dir=str(out))],

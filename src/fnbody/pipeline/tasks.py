@@ -81,6 +81,79 @@ def evaluate_generator(run: str, corpus: str, out: str, name: str, bleu_samples:
     return summary
 
 
+def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, name: str, rag_k: int = 2,
+                       rag_budget_tokens: int = 0, checked_n: int = 8, checked_temperature: float = 0.8,
+                       bleu_samples: int = 1000, humaneval_problems: int = 0, max_new_tokens: int = 256, batch_size: int = 8,
+                       timeout: float = 10.0, seed: int = 0, device: str = "auto") -> dict:
+    """Beyond the report: BLEU and pass@1 with retrieval, and pass@1 of the execution-checked top candidate.
+
+    The baselines (plain greedy BLEU on the same test rows, plain greedy HumanEval pass@1) come
+    from the generator's own evaluation folder `plain`, so both sides are scored on identical
+    prompts with identical decoding; retrieval excludes each test prompt's own repo.
+    """
+    from fnbody.augment.checked import ExecutionCheckedGenerator
+    from fnbody.augment.rag import RetrievalAugmentedGenerator, repo_lookup
+    from fnbody.evaluate.bleu import bleu_report
+    from fnbody.evaluate.humaneval import evaluate_functional_correctness
+    from fnbody.evaluate.samples import load_problems
+    from fnbody.generate.load import load_generator
+    from fnbody.generate.prompts import load_prompts
+    from fnbody.generate.run import generate_samples
+    from fnbody.io import read_json, read_jsonl, write_jsonl
+    from fnbody.search.index import SearchIndex
+
+    out_dir, plain_dir = Path(out), Path(plain)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base_summary = read_json(plain_dir / "summary.json")
+    cfg = _decoding(max_new_tokens, batch_size, seed)
+    gen = load_generator(run, device=device)
+    idx = SearchIndex.load(index)
+    summary: dict = {"model": name, "run": run, "index": {k: idx.info.get(k) for k in ("run", "encoder", "count", "source")},
+                     "decoding": f"greedy|max_new_tokens:{max_new_tokens}|seed:{seed}"}
+
+    # --- retrieval on the corpus test split: the same rows as the plain evaluation -------------------
+    rows = load_prompts(corpus, split="test", max_samples=bleu_samples or None)
+    rag = RetrievalAugmentedGenerator(gen, idx, k=rag_k, exclude_repo=repo_lookup(rows), budget_tokens=rag_budget_tokens)
+    rag_samples = out_dir / "test_samples_rag.jsonl"
+    generate_samples(rag, rows, cfg, rag_samples)
+    got = {s["task_id"]: s["completion"] for s in read_jsonl(rag_samples)}
+    plain_got = {s["task_id"]: s["completion"] for s in read_jsonl(plain_dir / "test_samples.jsonl")}
+    missing = [r["task_id"] for r in rows if r["task_id"] not in plain_got]
+    if missing:
+        raise FnbodyError(f"{plain_dir}: plain samples lack {len(missing)} test rows (first {missing[0]!r}); rerun its evaluation")
+    refs, codes = [r["body"] for r in rows], [r["code"] for r in rows]
+    data_sig = f"data:{Path(corpus).name}/test|n:{len(rows)}"
+    sig = f"rag:k{rag_k}|index:nbow-train|exclude:own-repo"
+    with_rag = bleu_report([got[r["task_id"]] for r in rows], refs, codes)["metrics"]
+    without = bleu_report([plain_got[r["task_id"]] for r in rows], refs, codes)["metrics"]
+    retrievals = rag.retrieve([r["prompt"] for r in rows], max_new_tokens)
+    summary["bleu"] = {
+        "plain": {k: {**v, "signature": f"{v['signature']}|{data_sig}|model:{name}"} for k, v in without.items()},
+        "rag": {k: {**v, "signature": f"{v['signature']}|{data_sig}|model:{name}|{sig}"} for k, v in with_rag.items()},
+        "own_repo_hits": sum(h["repo"] == r.get("repo") for rt, r in zip(retrievals, rows) for h in rt.hits),
+        "mean_context_functions": sum(len(rt.hits) for rt in retrievals) / max(len(rows), 1),
+    }
+
+    # --- HumanEval: plain greedy (from the plain evaluation), with retrieval, execution-checked --------
+    problems = load_problems()
+    ids = list(problems)[: humaneval_problems or None]
+    he_rows = [{"task_id": i, "prompt": problems[i]["prompt"]} for i in ids]
+    subset = {i: problems[i] for i in ids}
+    label = f"HumanEval first {len(ids)} of 164" if len(ids) < 164 else "HumanEval all 164"
+    summary["humaneval"] = {"problems": label, "plain": base_summary["humaneval"]}
+    checked = ExecutionCheckedGenerator(gen, n_candidates=checked_n, temperature=checked_temperature)
+    for key, g in (("rag", RetrievalAugmentedGenerator(gen, idx, k=rag_k, budget_tokens=rag_budget_tokens)), ("checked", checked)):
+        path = out_dir / f"humaneval_samples_{key}.jsonl"
+        generate_samples(g, he_rows, cfg, path)
+        he, results = evaluate_functional_correctness(read_jsonl(path), subset, ks=(1,), timeout=timeout)
+        he["problems"] = label
+        he["signature"] += f"|{sig if key == 'rag' else f'checked:n{checked_n}|T:{checked_temperature:g}|rank:doctests>logprob'}"
+        summary["humaneval"][key] = he
+        write_jsonl(out_dir / f"humaneval_results_{key}.jsonl", results)
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
 def evaluate_search_run(run: str, corpus: str, out: str, device: str = "cpu") -> dict:
     """Score one search run by the CSN protocol (and on the real CSN sample) into a JSON file."""
     from fnbody.search.evaluate import evaluate_search
@@ -108,6 +181,7 @@ def write_report_task(out_dir: str) -> str:
 
 TASKS = {
     "evaluate_generator": evaluate_generator,
+    "evaluate_augmented": evaluate_augmented,
     "evaluate_search_run": evaluate_search_run,
     "corpus_statistics": corpus_statistics,
     "write_report": write_report_task,
