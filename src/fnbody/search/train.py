@@ -59,7 +59,8 @@ def score_pairs(model: TwoTowerModel, data: PairDataset, loss_batch: int) -> dic
     q, c = embed_dataset(model, data)
     cfg = model.cfg
     b = min(loss_batch, len(q))
-    losses = [retrieval_loss(q[s:s + b], c[s:s + b], cfg.loss, cfg.margin).item() for s in range(0, len(q) - b + 1, b)]
+    losses = [retrieval_loss(q[s:s + b], c[s:s + b], cfg.loss, cfg.margin, data.group[s:s + b]).item()
+              for s in range(0, len(q) - b + 1, b)]  # as the training loss: identical queries are not negatives
     sims = model.scores(q, c).numpy() if len(q) < CSN_EVAL_BATCH else None
     if sims is not None:
         mrr, n, how = mean_reciprocal_rank(sims), len(q), "pool"
