@@ -228,3 +228,26 @@ def read_run_info(run_dir: str | Path) -> dict:
     from fnbody.io import read_json
 
     return read_json(path)
+
+
+def check_resume_config(run_dir: str | Path, cfg: Any, keys: dict[str, tuple[str, ...] | None], ignore: tuple[str, ...] = ()) -> None:
+    """Refuse to resume a run whose saved config differs in a key that shapes its model or data.
+
+    `keys` maps a config section to the keys that must match (None = every key of the section
+    except those in `ignore`). Everything else (step caps, learning rate, ...) may change on resume.
+    """
+    saved = read_run_info(run_dir).get("config", {})
+    now = to_dict(cfg)
+    for section, names in keys.items():
+        for k in names if names is not None else [n for n in now[section] if n not in ignore]:
+            before, after = saved.get(section, {}).get(k), now[section][k]
+            if before != after:
+                raise FnbodyError(f"{run_dir}: cannot resume: {section}.{k} was {before!r}, now {after!r}")
+
+
+def prepare_run_dir(run_dir: str | Path, resume: bool) -> bool:
+    """Whether `run_dir` holds a checkpoint to resume; an error if it does and `resume` was not asked for."""
+    has_ckpt = (Path(run_dir) / "checkpoints" / "last").exists()
+    if has_ckpt and not resume:
+        raise FnbodyError(f"{run_dir}: run folder already has checkpoints; continue it with --resume or choose another --out")
+    return has_ckpt

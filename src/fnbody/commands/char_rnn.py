@@ -166,19 +166,6 @@ def _plot_callback(out_dir: Path):
     return PlotCurves()
 
 
-def _check_resume_config(out_dir: Path, cfg: CharRNNRunConfig) -> None:
-    from fnbody.config import read_run_info, to_dict
-
-    saved = read_run_info(out_dir).get("config", {})
-    now = to_dict(cfg)
-    for section in ("model", "data"):
-        for k, v in now[section].items():
-            if k in ("vocab_size", "valid_max_chars", "train_eval_chars", "eval_batch_size"):  # evaluation-only, or derived
-                continue
-            if saved.get(section, {}).get(k) != v:
-                raise FnbodyError(f"{out_dir}: cannot resume: {section}.{k} was {saved.get(section, {}).get(k)!r}, now {v!r}")
-
-
 def train_char_rnn(corpus_dir: str | Path, out_dir: str | Path, cfg: CharRNNRunConfig, *, resume: bool = False,
                    callbacks: Sequence = (), argv: list[str] | None = None) -> dict:
     """Train a char-RNN on a corpus into run folder `out_dir`; returns the trainer state plus the last evaluation."""
@@ -186,7 +173,7 @@ def train_char_rnn(corpus_dir: str | Path, out_dir: str | Path, cfg: CharRNNRunC
 
     import torch
 
-    from fnbody.config import write_run_info
+    from fnbody.config import check_resume_config, prepare_run_dir, write_run_info
     from fnbody.corpus.io import check_corpus
     from fnbody.generate.char_rnn import VOCAB_FILE
     from fnbody.models.char_rnn import CharRNN
@@ -196,14 +183,12 @@ def train_char_rnn(corpus_dir: str | Path, out_dir: str | Path, cfg: CharRNNRunC
 
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     check_corpus(corpus_dir)
-    has_ckpt = (out_dir / "checkpoints" / "last").exists()
-    if has_ckpt and not resume:
-        raise FnbodyError(f"{out_dir}: run folder already has checkpoints; continue it with --resume or choose another --out")
+    has_ckpt = prepare_run_dir(out_dir, resume)
     max_samples = cfg.data.max_samples or None
     train_texts, _ = split_text(corpus_dir, "train", cfg.data, max_samples)
     valid_texts, _ = split_text(corpus_dir, "valid", cfg.data, max_samples)
     if resume and has_ckpt:
-        _check_resume_config(out_dir, cfg)
+        check_resume_config(out_dir, cfg, {"model": None, "data": None}, ignore=("vocab_size", "valid_max_chars", "train_eval_chars", "eval_batch_size"))  # evaluation-only or derived
         vocab = CharVocab.load(out_dir / VOCAB_FILE)
     else:
         vocab = CharVocab.build(train_texts, cfg.data.min_count)

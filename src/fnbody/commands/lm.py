@@ -151,23 +151,12 @@ def _rag_contexts(data: LMDataConfig, tokenizer):
     return (lambda records: training_contexts(records, index, data.rag_k, fits)), key
 
 
-def _check_resume_config(out_dir: Path, cfg: LMRunConfig) -> None:
-    from fnbody.config import read_run_info, to_dict
-
-    saved = read_run_info(out_dir).get("config", {})
-    now = to_dict(cfg)
-    for section, keys in (("model", ("init", "vocab_size")), ("data", ("block_size", "body_only_loss", "max_samples", "rag_index", "rag_k"))):
-        for k in keys:
-            if saved.get(section, {}).get(k) != now[section][k]:
-                raise FnbodyError(f"{out_dir}: cannot resume: {section}.{k} was {saved.get(section, {}).get(k)!r}, now {now[section][k]!r}")
-
-
 def train_lm(corpus_dir: str | Path, out_dir: str | Path, cfg: LMRunConfig, *, resume: bool = False,
              callbacks: Sequence = (), argv: list[str] | None = None) -> dict:
     """Train an LM on a corpus into run folder `out_dir` (DDP under torchrun); returns the trainer state plus the last evaluation."""
     import torch
 
-    from fnbody.config import write_run_info
+    from fnbody.config import check_resume_config, prepare_run_dir, write_run_info
     from fnbody.corpus.io import check_corpus, iter_split, read_split
     from fnbody.generate.lm import LMGenerator
     from fnbody.models.transformer import cache_root, check_tokenizer, resolve_init
@@ -178,15 +167,13 @@ def train_lm(corpus_dir: str | Path, out_dir: str | Path, cfg: LMRunConfig, *, r
 
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     check_corpus(corpus_dir)
-    has_ckpt = (out_dir / "checkpoints" / "last").exists()
-    if has_ckpt and not resume:
-        raise FnbodyError(f"{out_dir}: run folder already has checkpoints; continue it with --resume or choose another --out")
+    has_ckpt = prepare_run_dir(out_dir, resume)
     dist = init_distributed(cfg.train.device)
     max_samples = cfg.data.max_samples or None
     try:
         set_seed(cfg.train.seed)  # before building the model, so initialisation is reproducible
         if resume and has_ckpt:
-            _check_resume_config(out_dir, cfg)
+            check_resume_config(out_dir, cfg, {"model": ("init", "vocab_size"), "data": ("block_size", "body_only_loss", "max_samples", "rag_index", "rag_k")})
             # The architecture and tokenizer come from the run folder; the checkpoint supplies the weights.
             from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
