@@ -30,7 +30,7 @@ class SearchStage:
     max_epochs: int = field(default=20, metadata={"help": "epoch cap"})
     max_steps: int = field(default=0, metadata={"help": "step cap (0 = none)"})
     max_samples: int = field(default=0, metadata={"help": "training functions cap (0 = all)"})
-    settings: list[str] = field(default_factory=list, metadata={"help": "extra --set overrides for every encoder"})
+    settings: list[str] = field(default_factory=list, metadata={"help": "extra --set overrides: `key=v` for every encoder, `rnn:key=v` for one"})
 
 
 @dataclass

@@ -25,6 +25,19 @@ def _sets(settings: list[str]) -> list[str]:
     return [a for s in settings for a in ("--set", s)]
 
 
+def _for_encoder(settings: list[str], encoder: str) -> list[str]:
+    """Search overrides for one encoder: `key=v` applies to all, `rnn:key=v` only to the rnn encoder."""
+    out = []
+    for s in settings:
+        head, sep, rest = s.partition(":")
+        if sep and "=" not in head:
+            if head == encoder:
+                out.append(rest)
+        else:
+            out.append(s)
+    return out
+
+
 def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
     """Every stage of the pipeline for `cfg`, writing under `out`, in run order."""
     corpus = out / "corpus"
@@ -45,11 +58,11 @@ def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
     for enc in s.encoders:
         run = out / "search" / enc
         stages.append(Stage(
-            f"search-{enc}", {**to_dict(s), "encoders": [enc], "seed": cfg.seed, "device": dev},
+            f"search-{enc}", {**to_dict(s), "encoders": [enc], "settings": _for_encoder(s.settings, enc), "seed": cfg.seed, "device": dev},
             lambda resume, enc=enc, run=run: [
                 fnbody_cmd("train", "search", "--corpus", corpus, "--encoder", enc, "--out", run, "--device", dev,
                            *_caps(max_epochs=s.max_epochs, max_steps=s.max_steps, max_samples=s.max_samples),
-                           *_sets([f"train.seed={cfg.seed}", *s.settings]), *(["--resume"] if resume else [])),
+                           *_sets([f"train.seed={cfg.seed}", *_for_encoder(s.settings, enc)]), *(["--resume"] if resume else [])),
                 task_cmd("evaluate_search_run", run=str(run), corpus=str(corpus), out=str(run / "eval.json")),
             ],
             outputs=[run / "eval.json"], deps=["corpus"], workdir=run,
