@@ -8,7 +8,8 @@ Each evaluation writes valid loss and perplexity and, on a fixed valid subset, g
 (the report's Figure 2: BLEU during training). The run folder is a Hugging Face model folder:
 the best model so far and its tokenizer are exported to its root on every improvement, so
 `AutoModelForCausalLM.from_pretrained(RUN)` works; `checkpoints/{best,last}` hold the training
-state for `--resume`. Under `torchrun --nproc_per_node N` the same command trains with DDP.
+state for `--resume`. Under `torchrun --nproc_per_node N` the same command trains with DDP, or
+with FSDP2 sharding under `--set train.parallel=fsdp`.
 """
 
 from __future__ import annotations
@@ -98,6 +99,26 @@ def bleu_on_records(gen, records: Sequence[dict], max_new_tokens: int, batch_siz
     return bleu_report(hyps, [r["body"] for r in records], [r["code"] for r in records])
 
 
+def full_model(trainer):
+    """The trained model with full weights: the model itself, or under FSDP (rank 0, inside a callback) a plain copy."""
+    if not trainer.fsdp:
+        return trainer.model
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from fnbody.train.checkpoint import unwrap
+
+    # Built on the meta device, so no memory or time goes into weights the gathered ones replace.
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(unwrap(trainer.model).config)
+    plain.load_state_dict(trainer.model_state_dict(), strict=False, assign=True)
+    plain.tie_weights()
+    left = [n for n, t in plain.state_dict().items() if t.is_meta]
+    if left:
+        raise FnbodyError(f"exporting the FSDP model: weights missing from the gathered state: {left[:5]}")
+    return plain
+
+
 def _callbacks(out_dir: Path, tokenizer):
     from fnbody.models.transformer import export_hf
     from fnbody.plots import plot_curves
@@ -117,12 +138,12 @@ def _callbacks(out_dir: Path, tokenizer):
 
         def on_checkpoint(self, trainer, path, is_best):
             if is_best:
-                export_hf(trainer.model, tokenizer, out_dir)
+                export_hf(full_model(trainer), tokenizer, out_dir)
 
         def on_train_end(self, trainer):
             # No evaluation ever ran (or none improved): still leave a loadable model.
             if trainer.dist.is_main and not (out_dir / "model.safetensors").exists():
-                export_hf(trainer.model, tokenizer, out_dir)
+                export_hf(full_model(trainer), tokenizer, out_dir)
 
     return PlotAndExport()
 
@@ -284,7 +305,7 @@ def register(sub, groups) -> None:
         "lm", help="fine-tune a transformer LM (SmolLM2, GPT-2, any HF model) or train GPT-2 from scratch",
         description="Train a causal LM on whole functions (prompt + body) separated by end-of-text, as the report fine-tuned "
                     "GPT-2. The run folder loads with plain transformers (AutoModelForCausalLM.from_pretrained(RUN)). "
-                    "Runs under `torchrun --nproc_per_node N` with DDP.")
+                    "Runs under `torchrun --nproc_per_node N` with DDP (or FSDP2: --set train.parallel=fsdp).")
     p.add_argument("--corpus", required=True, help="corpus folder (fnbody corpus build)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--init", default=None, help="smollm2 (default) | scratch:tiny|small|gpt2-124m | HF folder | .gguf file | hub name")

@@ -4,10 +4,15 @@ A checkpoint is a folder holding everything needed to resume exactly: model weig
 uncompiled, unwrapped model), optimizer state, step, epoch, position in the epoch, best metric,
 and every random-number generator's state. It is written to `NAME.tmp/` and then renamed into
 place, so an interrupted save never leaves a checkpoint that looks complete but is not.
+
+One format for every way of training: a model sharded with FSDP2 is gathered into full tensors
+(`full_state_dicts`, collective) and written in exactly the layout a single process writes, so
+any checkpoint loads into one process, into DDP, or back into FSDP on any number of ranks.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -19,6 +24,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from fnbody.errors import FnbodyError
 from fnbody.io import replace_dir, write_json
+from fnbody.train.distributed import is_fsdp
 
 WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer.safetensors"
@@ -81,8 +87,66 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, state: dict) -> Path:
-    """Atomically write a checkpoint folder at `path` (model, optimizer, trainer state, RNG)."""
+def tied_names(model: torch.nn.Module) -> list[list[str]]:
+    """Groups of names under which one tensor is registered (tied weights such as GPT-2's wte/lm_head), each sorted."""
+    groups: dict[int, list[str]] = {}
+    for name, t in itertools.chain(model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False)):
+        groups.setdefault(id(t), []).append(name)
+    return [sorted(g) for g in groups.values() if len(g) > 1]
+
+
+def _param_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
+    """Every name of each optimizer parameter, in the optimizer's order (the index torch's state_dict uses)."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    try:
+        return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    except KeyError:
+        raise FnbodyError("the optimizer holds a parameter that is not in the model (build the optimizer after sharding)") from None
+
+
+def full_state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[dict, dict | None]:
+    """Full (unsharded) CPU weights and optimizer state of an FSDP2 model, in the single-process layout.
+
+    Collective: every rank must call it. Rank 0 gets the dicts; the other ranks get empty ones.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state = get_model_state_dict(model, options=opts)
+    if optimizer is None:
+        return model_state, None
+    by_name = get_optimizer_state_dict(model, optimizer, options=opts)
+    if not by_name:
+        return model_state, {}
+    # DCP keys the state by parameter name; torch (and our file) by position in the optimizer.
+    index = {name: i for i, names in enumerate(_param_names(model, optimizer)) for name in names}
+    return model_state, {
+        "state": {index[name]: v for name, v in by_name["state"].items()},
+        "param_groups": [{**g, "params": [index[name] for name in g["params"]]} for g in by_name["param_groups"]],
+    }
+
+
+def _save_weights(model_state: dict[str, torch.Tensor], model: torch.nn.Module, file: Path) -> None:
+    # What safetensors' save_model does for a module: keep one name per tied tensor (the first in
+    # sorted order) and record the dropped names in the metadata, so both layouts are one format.
+    tensors = dict(model_state)
+    metadata = {"format": "pt"}
+    for group in tied_names(model):
+        present = [n for n in group if n in tensors]
+        for name in present[1:]:
+            metadata[name] = present[0]
+            del tensors[name]
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(file), metadata=metadata)
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, state: dict, *,
+                    model_state: dict | None = None, optimizer_state: dict | None = None) -> Path:
+    """Atomically write a checkpoint folder at `path` (model, optimizer, trainer state, RNG).
+
+    `model_state`/`optimizer_state` (from `full_state_dicts`) stand in for a sharded model's own state.
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
@@ -90,13 +154,16 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
 
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_model(unwrap(model), str(tmp / WEIGHTS))
+    if model_state is not None:
+        _save_weights(model_state, unwrap(model), tmp / WEIGHTS)
+    else:
+        save_model(unwrap(model), str(tmp / WEIGHTS))
     rng = rng_state()
     rng_tensors = {f"rng.{k}": v for k, v in rng.items() if isinstance(v, torch.Tensor)}
     opt_meta = None
     opt_tensors: dict[str, torch.Tensor] = {}
     if optimizer is not None:
-        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer_state if optimizer_state is not None else optimizer.state_dict())
     save_file({**opt_tensors, **rng_tensors}, str(tmp / OPTIMIZER))
     write_json(tmp / STATE, {
         **state,
@@ -113,9 +180,13 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     for name in (WEIGHTS, STATE):
         if not (path / name).exists():
             raise FnbodyError(f"{path}: checkpoint is missing {name}")
+    sharded = is_fsdp(unwrap(model))
     try:
         state = json.loads((path / STATE).read_text())
-        missing, unexpected = load_model(unwrap(model), str(path / WEIGHTS), strict=False)
+        if sharded:
+            missing, unexpected = _load_sharded_weights(unwrap(model), path / WEIGHTS)
+        else:
+            missing, unexpected = load_model(unwrap(model), str(path / WEIGHTS), strict=False)
     except (json.JSONDecodeError, OSError, RuntimeError, Exception) as e:  # safetensors raises its own error types
         raise FnbodyError(f"{path}: corrupt checkpoint ({type(e).__name__}: {e})") from None
     if missing or unexpected:
@@ -123,7 +194,11 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     extra = load_file(str(path / OPTIMIZER)) if (path / OPTIMIZER).exists() else {}
     if optimizer is not None and state.get("optimizer") is not None:
         opt_tensors = {k: v for k, v in extra.items() if not k.startswith("rng.")}
-        optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, state["optimizer"]))
+        opt_state = _unflatten_optimizer(opt_tensors, state["optimizer"])
+        if sharded:
+            _load_sharded_optimizer(unwrap(model), optimizer, opt_state, path)
+        else:
+            optimizer.load_state_dict(opt_state)
     if restore_rng:
         rng = dict(state.get("rng", {}))
         for k, v in extra.items():
@@ -132,3 +207,36 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         if "torch" in rng:
             set_rng_state(rng)
     return state
+
+
+def _load_sharded_weights(model: torch.nn.Module, file: Path) -> tuple[set[str], set[str]]:
+    """Load full weights into an FSDP2 model (every rank reads the file and keeps its shard); returns (missing, unexpected)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    tensors = load_file(str(file))
+    for group in tied_names(model):  # the file holds one name per tied tensor; the model wants them all
+        present = [n for n in group if n in tensors]
+        for name in group:
+            if present:
+                tensors.setdefault(name, tensors[present[0]])
+    expected = set(model.state_dict())
+    missing, unexpected = expected - set(tensors), set(tensors) - expected
+    if not (missing or unexpected):
+        set_model_state_dict(model, tensors, options=StateDictOptions(full_state_dict=True))
+    return missing, unexpected
+
+
+def _load_sharded_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, opt_state: dict, path: Path) -> None:
+    """Load a position-keyed full optimizer state into the optimizer of an FSDP2 model (each rank keeps its shard)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = [n[0] for n in _param_names(model, optimizer)]
+    n_saved = sum(len(g["params"]) for g in opt_state["param_groups"])
+    if n_saved != len(names) or len(opt_state["param_groups"]) != len(optimizer.param_groups):
+        raise FnbodyError(f"{path}: optimizer state has {n_saved} parameters in {len(opt_state['param_groups'])} groups, "
+                          f"the optimizer {len(names)} in {len(optimizer.param_groups)}")
+    by_name = {
+        "state": {names[int(i)]: v for i, v in opt_state["state"].items()},
+        "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in opt_state["param_groups"]],
+    }
+    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))

@@ -55,6 +55,48 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
+def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's stack of identical blocks (HF GPT-2 `transformer.h`, Llama `model.layers`, ...), or [] if it has none.
+
+    Found without knowing the model: the `ModuleList` of same-class children holding the most parameters.
+    """
+    best: list[torch.nn.Module] = []
+    best_size = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) and len({type(m) for m in module}) == 1:
+            size = sum(p.numel() for p in module.parameters())
+            if size > best_size:
+                best, best_size = list(module), size
+    return best
+
+
+def shard_fsdp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """Shard `model` in place with FSDP2 (`fully_shard`): each repeated block, then the root; returns it.
+
+    Ranks start from rank 0's weights (as DDP does), so a model initialised differently per rank is not mixed.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(t.data, src=0)
+    mesh = init_device_mesh(info.device.type, (info.world_size,))
+    for block in repeated_blocks(model):
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def is_fsdp(model: torch.nn.Module) -> bool:
+    """Whether `model` was sharded with FSDP2 (its parameters are DTensor shards)."""
+    if not dist.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Mean of a tensor over all ranks (identity when running alone)."""
     if info.enabled:

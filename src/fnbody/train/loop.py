@@ -8,6 +8,10 @@ Exact resume: the batch order of epoch `e` is a permutation drawn from `seed + e
 checkpoint records (step, epoch, batch index in the epoch), the optimizer and every RNG state,
 so a run interrupted and resumed sees the same batches and produces the same losses.
 Learning rates are a pure function of the step, so there is no scheduler state to lose.
+
+Under torchrun the model is replicated with DDP (`parallel="ddp"`) or sharded with FSDP2
+(`parallel="fsdp"`: parameters, gradients and optimizer state split over the ranks, one shard
+unit per repeated block). Either way checkpoints hold full tensors in the single-process layout.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from fnbody.errors import FnbodyError
 from fnbody.io import atomic_open, read_jsonl
 from fnbody.progress import progress
 from fnbody.seed import set_seed
-from fnbody.train.checkpoint import load_checkpoint, save_checkpoint
-from fnbody.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from fnbody.train.checkpoint import full_state_dicts, load_checkpoint, save_checkpoint, unwrap
+from fnbody.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shard_fsdp
 
 METRICS = "metrics.jsonl"
 
@@ -62,6 +66,9 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
     precision: Literal["auto", "fp32", "bf16"] = field(default="auto", metadata={"help": "auto = bf16 autocast on CUDA, fp32 on CPU"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    parallel: Literal["ddp", "fsdp"] = field(default="ddp", metadata={
+        "help": "under torchrun: ddp replicates the model on every rank; fsdp shards parameters, gradients and optimizer "
+                "state over the ranks (FSDP2, per transformer block), for models too big to replicate; one process ignores it"})
     seed: int = field(default=0, metadata={"help": "seed for init, batch order and dropout"})
     show_progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
@@ -160,16 +167,22 @@ class Trainer:
         self.dist = dist_info or init_distributed(cfg.device)
         self.device = self.dist.device
         self.model = model.to(self.device)
-        self.optimizer = make_optimizer(self.model, cfg)
         self.ddp_model = self.model
+        # FSDP shards `self.model` in place (its parameters become DTensor shards); DDP wraps it.
+        self.fsdp = self.dist.enabled and wrap_model is None and cfg.parallel == "fsdp"
         if self.dist.enabled:
             if wrap_model is not None:
                 self.ddp_model = wrap_model(self.model, self.dist)
+            elif self.fsdp:
+                shard_fsdp(self.model, self.dist)
             else:
                 from torch.nn.parallel import DistributedDataParallel as DDP
 
                 ids = [self.device.index] if self.device.type == "cuda" else None
                 self.ddp_model = DDP(self.model, device_ids=ids)
+        # After wrapping: under FSDP the optimizer must hold the sharded parameters.
+        self.optimizer = make_optimizer(self.model, cfg)
+        self._full_state: dict | None = None
         if cfg.compile:
             self.ddp_model = torch.compile(self.ddp_model)
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported())
@@ -222,19 +235,70 @@ class Trainer:
         }
 
     def save(self, is_best: bool = False) -> Path | None:
-        """Write the last (and, if `is_best`, the best) checkpoint; rank 0 only."""
+        """Write the last (and, if `is_best`, the best) checkpoint; rank 0 writes (under FSDP every rank must call it)."""
         path = None
+        model_state = opt_state = None
+        if self.fsdp:  # gathering the shards is collective; rank 0 receives the full tensors
+            model_state, opt_state = full_state_dicts(self.model, self.optimizer)
         if self.dist.is_main:
-            path = save_checkpoint(self.checkpoint_dir / "last", self.model, self.optimizer, self._state())
-            for cb in self.callbacks:
-                cb.on_checkpoint(self, path, False)
-            if is_best:
-                opt = self.optimizer if self.cfg.save_optimizer_in_best else None
-                best_path = save_checkpoint(self.checkpoint_dir / "best", self.model, opt, self._state())
+            self._full_state = model_state
+            try:
+                path = save_checkpoint(self.checkpoint_dir / "last", self.model, self.optimizer, self._state(),
+                                       model_state=model_state, optimizer_state=opt_state)
                 for cb in self.callbacks:
-                    cb.on_checkpoint(self, best_path, True)
+                    cb.on_checkpoint(self, path, False)
+                if is_best:
+                    opt = self.optimizer if self.cfg.save_optimizer_in_best else None
+                    best_path = save_checkpoint(self.checkpoint_dir / "best", self.model, opt, self._state(),
+                                                model_state=model_state, optimizer_state=opt_state)
+                    for cb in self.callbacks:
+                        cb.on_checkpoint(self, best_path, True)
+            finally:
+                self._full_state = None
         barrier(self.dist)
         return path
+
+    def model_state_dict(self) -> dict[str, torch.Tensor]:
+        """Full weights of the trained model, e.g. for exporting it from a callback.
+
+        Under FSDP the shards are gathered only around callbacks: call it on rank 0 inside
+        `on_checkpoint` or `on_train_end`.
+        """
+        if not self.fsdp:
+            return unwrap(self.model).state_dict()
+        if self._full_state is None:
+            raise RuntimeError("under FSDP the full weights exist only on rank 0 inside on_checkpoint/on_train_end")
+        return self._full_state
+
+    @contextlib.contextmanager
+    def _unsharded(self):
+        """Under FSDP: every rank gathers the full parameters and keeps them until the block ends.
+
+        Rank 0 can then run the model alone (evaluation, sampling) without the other ranks
+        joining each forward's all-gather. Collective: every rank must enter.
+        """
+        if not self.fsdp:
+            yield
+            return
+        from torch.distributed.fsdp import FSDPModule
+
+        units = [m for m in self.model.modules() if isinstance(m, FSDPModule)]
+        for unit in units:
+            unit.set_reshard_after_forward(False, recurse=False)
+            unit.unshard()
+        try:
+            yield
+        finally:
+            barrier(self.dist)
+            for unit in units:
+                unit.reshard()
+                # FSDP2's defaults: blocks free their gathered weights after forward; the root keeps them for backward.
+                unit.set_reshard_after_forward(unit is not self.model, recurse=False)
+            # Rank 0's evaluation forwards recorded a forward order no backward consumed; clear it so the
+            # next backward prefetches alike on every rank (older torch lacks the call: the stale entry is
+            # then the root, unsharded through backward, so its prefetch is a no-op).
+            if hasattr(self.model, "reset_iter_state"):
+                self.model.reset_iter_state()
 
     def resume(self) -> bool:
         """Restore the last checkpoint if there is one; returns whether it did."""
@@ -264,28 +328,36 @@ class Trainer:
         improved = False
         metrics: dict = {}
         self._last_eval_step = self.step
-        if self.evaluate_fn is not None and self.dist.is_main:
-            was_training = self.model.training
-            self.model.eval()
-            with torch.no_grad(), self.autocast():
-                metrics = dict(self.evaluate_fn(self.model))
-            self.model.train(was_training)
-            value = metrics.get(self.cfg.best_metric)
-            if value is not None and math.isfinite(value):
-                better = self.best is None or (value < self.best if self.cfg.best_mode == "min" else value > self.best)
-                if better:
-                    self.best, self.evals_since_best, improved = float(value), 0, True
-                else:
-                    self.evals_since_best += 1
-            self._log({"step": self.step, "epoch": self.epoch_float, **metrics})
-            for cb in self.callbacks:
-                cb.on_eval_end(self, metrics)
+        if self.evaluate_fn is not None:
+            with self._unsharded():
+                if self.dist.is_main:
+                    improved = self._evaluate_on_main()
         self.save(is_best=improved)
         stop = bool(self.cfg.patience and self.evals_since_best >= self.cfg.patience)
         if self.dist.enabled:
             flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
             stop = bool(all_reduce_mean(flag, self.dist).item() > 0)
         return stop
+
+    def _evaluate_on_main(self) -> bool:
+        """Rank 0: evaluate, log, update the best metric, call on_eval_end; returns whether it improved."""
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            metrics = dict(self.evaluate_fn(self.model))
+        self.model.train(was_training)
+        improved = False
+        value = metrics.get(self.cfg.best_metric)
+        if value is not None and math.isfinite(value):
+            better = self.best is None or (value < self.best if self.cfg.best_mode == "min" else value > self.best)
+            if better:
+                self.best, self.evals_since_best, improved = float(value), 0, True
+            else:
+                self.evals_since_best += 1
+        self._log({"step": self.step, "epoch": self.epoch_float, **metrics})
+        for cb in self.callbacks:
+            cb.on_eval_end(self, metrics)
+        return improved
 
     @property
     def epoch_float(self) -> float:
@@ -367,8 +439,14 @@ class Trainer:
                 self._run_eval()
             else:
                 self.save()
-            for cb in self.callbacks:
-                cb.on_train_end(self)
+            if self.fsdp:  # collective: gather the full weights for export callbacks
+                model_state = full_state_dicts(self.model, None)[0]
+                self._full_state = model_state if self.dist.is_main else None
+            try:
+                for cb in self.callbacks:
+                    cb.on_train_end(self)
+            finally:
+                self._full_state = None
         finally:
             bar.close()
             for sig, h in old_handlers.items():
@@ -384,6 +462,8 @@ class Trainer:
             batch = to_device(self.collate([self.dataset[j] for j in chunk]), self.device)
             sync = i == len(chunks) - 1
             ctx = self.ddp_model.no_sync() if (self.dist.enabled and not sync and hasattr(self.ddp_model, "no_sync")) else contextlib.nullcontext()
+            if self.fsdp:  # FSDP2: accumulate unsharded grads locally; reduce-scatter on the last micro-batch
+                self.model.set_requires_gradient_sync(sync)
             with ctx:
                 with self.autocast():
                     loss = self.compute_loss(self.ddp_model, batch)
@@ -392,10 +472,20 @@ class Trainer:
         if self.cfg.clip_value:
             torch.nn.utils.clip_grad_value_(self.model.parameters(), self.cfg.clip_value)
         if self.cfg.clip_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
+            clip_grad_norm(self.model.parameters(), self.cfg.clip_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum
+
+
+def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm in place; sharded (DTensor) gradients get the norm over all shards."""
+    params = [p for p in parameters if p.grad is not None]
+    total = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if hasattr(total, "full_tensor"):  # a DTensor: make the norm a plain tensor that every rank agrees on
+        total = total.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
