@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+import os
 from pathlib import Path
 
 from fnbody.config import config_hash, to_dict, write_run_info
@@ -23,6 +24,12 @@ def _caps(**caps: int) -> list[str]:
 
 def _sets(settings: list[str]) -> list[str]:
     return [a for s in settings for a in ("--set", s)]
+
+
+# Small recurrent models run fastest on one intra-op thread: on 2 cores, two threads per tiny LSTM step
+# cost more in synchronisation than they gain (measured 10x slower under load). An explicit
+# OMP_NUM_THREADS from the user wins.
+SMALL_MODEL_ENV = {} if "OMP_NUM_THREADS" in os.environ else {"OMP_NUM_THREADS": "1"}
 
 
 def _for_encoder(settings: list[str], encoder: str) -> list[str]:
@@ -65,7 +72,7 @@ def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
                            *_sets([f"train.seed={cfg.seed}", *_for_encoder(s.settings, enc)]), *(["--resume"] if resume else [])),
                 task_cmd("evaluate_search_run", run=str(run), corpus=str(corpus), out=str(run / "eval.json")),
             ],
-            outputs=[run / "eval.json"], deps=["corpus"], workdir=run,
+            outputs=[run / "eval.json"], deps=["corpus"], workdir=run, env=SMALL_MODEL_ENV,
         ))
 
     r = cfg.char_rnn
@@ -77,7 +84,7 @@ def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
             "--layers", r.layers, "--seq-len", r.seq_len, "--batch-size", r.batch_size, "--seed", cfg.seed, "--device", dev,
             *_caps(max_epochs=r.max_epochs, max_steps=r.max_steps, max_samples=r.max_samples), *_sets(r.settings),
             *(["--resume"] if resume else []))],
-        outputs=[char_run / "fnbody.json"], deps=["corpus"], workdir=char_run,
+        outputs=[char_run / "fnbody.json"], deps=["corpus"], workdir=char_run, env=SMALL_MODEL_ENV,
     ))
     generators = [("char-rnn", char_run, "char-rnn")]
     if r.sweep:
@@ -90,7 +97,7 @@ def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
                 "--batch-sizes", ",".join(map(str, r.sweep_batch_sizes)),
                 *_caps(max_steps=r.sweep_max_steps, bleu_samples=r.sweep_bleu_samples, max_samples=r.max_samples),
                 *(["--full"] if r.sweep_full else []))],
-            outputs=[sweep / "sweep.csv"], deps=["corpus"], workdir=sweep,
+            outputs=[sweep / "sweep.csv"], deps=["corpus"], workdir=sweep, env=SMALL_MODEL_ENV,
         ))
 
     for lm in cfg.lms:
