@@ -18,12 +18,12 @@ from test_train_loop import train_losses as losses
 TESTS = str(Path(__file__).parent)
 
 
-def tiny_gpt2():
+def tiny_gpt2(dropout=0.0):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0,
-                     attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2, resid_pdrop=dropout, embd_pdrop=dropout,
+                     attn_pdrop=dropout, bos_token_id=0, eos_token_id=0)
     return GPT2LMHeadModel(cfg)
 
 
@@ -50,8 +50,8 @@ def gpt2_config(**kw):
     return TrainConfig(**{**base, **kw})
 
 
-def gpt2_trainer(out, cfg, callbacks=()):
-    return Trainer(tiny_gpt2(), cfg, token_data(), torch.stack, lm_loss, out, evaluate=evaluate, callbacks=callbacks)
+def gpt2_trainer(out, cfg, callbacks=(), dropout=0.0):
+    return Trainer(tiny_gpt2(dropout), cfg, token_data(), torch.stack, lm_loss, out, evaluate=evaluate, callbacks=callbacks)
 
 
 TRAINER_SCRIPT = textwrap.dedent('''
@@ -74,6 +74,14 @@ TRAINER_SCRIPT = textwrap.dedent('''
     if dist.is_main:  # keep the interrupted checkpoint: a single process resumes from it too
         shutil.copytree(out / "split", out / "split-copy")
     gpt2_trainer(out / "split", gpt2_config()).fit(resume=True)
+    # With dropout each rank draws its own masks: resume must give every rank back its own generator.
+    gpt2_trainer(out / "drop", gpt2_config(), dropout=0.2).fit()
+    try:
+        gpt2_trainer(out / "drop-split", gpt2_config(), callbacks=[StopAt(6)], dropout=0.2).fit()
+        raise SystemExit("not interrupted")
+    except TrainingInterrupted:
+        pass
+    gpt2_trainer(out / "drop-split", gpt2_config(), dropout=0.2).fit(resume=True)
 ''')
 
 
@@ -104,6 +112,8 @@ def test_fsdp_trainer_matches_one_process_resumes_exactly_and_loads_alone(tmp_pa
     # Interrupted at step 6 and resumed under FSDP: the same run.
     assert losses(tmp_path / "split") == pytest.approx(b, abs=1e-6)
     assert [r["valid_loss"] for r in read_metrics(tmp_path / "split") if "valid_loss" in r] == pytest.approx(vb, abs=1e-6)
+    drop = losses(tmp_path / "drop")
+    assert drop != pytest.approx(b, abs=1e-3) and losses(tmp_path / "drop-split") == pytest.approx(drop, abs=1e-6)
     state = json.loads((tmp_path / "straight" / "checkpoints" / "last" / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["step"] == 12
 

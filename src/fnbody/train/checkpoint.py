@@ -142,10 +142,11 @@ def _save_weights(model_state: dict[str, torch.Tensor], model: torch.nn.Module, 
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, state: dict, *,
-                    model_state: dict | None = None, optimizer_state: dict | None = None) -> Path:
+                    model_state: dict | None = None, optimizer_state: dict | None = None, rng_states: list[dict] | None = None) -> Path:
     """Atomically write a checkpoint folder at `path` (model, optimizer, trainer state, RNG).
 
-    `model_state`/`optimizer_state` (from `full_state_dicts`) stand in for a sharded model's own state.
+    `model_state`/`optimizer_state` (from `full_state_dicts`) stand in for a sharded model's own state;
+    `rng_states` are every rank's `rng_state()` (by rank; default: this process's only).
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -158,8 +159,12 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         _save_weights(model_state, unwrap(model), tmp / WEIGHTS)
     else:
         save_model(unwrap(model), str(tmp / WEIGHTS))
-    rng = rng_state()
+    rng_states = rng_states or [rng_state()]
+    rng = rng_states[0]
     rng_tensors = {f"rng.{k}": v for k, v in rng.items() if isinstance(v, torch.Tensor)}
+    # Other ranks' generators (dropout masks differ per rank), under their own keys; rank 0's keep the old ones.
+    for r, other in enumerate(rng_states[1:], start=1):
+        rng_tensors.update({f"rng.rank{r}.{k}": v for k, v in other.items() if isinstance(v, torch.Tensor)})
     opt_meta = None
     opt_tensors: dict[str, torch.Tensor] = {}
     if optimizer is not None:
@@ -169,13 +174,19 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         **state,
         "optimizer": opt_meta,
         "rng": {k: v for k, v in rng.items() if not isinstance(v, torch.Tensor)},
+        "rng_ranks": {str(r): {k: v for k, v in other.items() if not isinstance(v, torch.Tensor)}
+                      for r, other in enumerate(rng_states[1:], start=1)},
     })
     replace_dir(tmp, path)
     return path
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, restore_rng: bool = True) -> dict:
-    """Load a checkpoint folder into `model` (and `optimizer`); return the trainer state dict."""
+def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, restore_rng: bool = True,
+                    rank: int = 0) -> dict:
+    """Load a checkpoint folder into `model` (and `optimizer`); return the trainer state dict.
+
+    With `restore_rng`, the generators become those saved by `rank` (rank 0's if that rank was not saved).
+    """
     path = Path(path)
     for name in (WEIGHTS, STATE):
         if not (path / name).exists():
@@ -200,10 +211,12 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         else:
             optimizer.load_state_dict(opt_state)
     if restore_rng:
-        rng = dict(state.get("rng", {}))
+        saved = str(rank) in state.get("rng_ranks", {})
+        rng = dict(state["rng_ranks"][str(rank)] if saved else state.get("rng", {}))
+        prefix = f"rng.rank{rank}." if saved else "rng."
         for k, v in extra.items():
-            if k.startswith("rng."):
-                rng[k[4:]] = v
+            if k.startswith(prefix) and (saved or not k.startswith("rng.rank")):
+                rng[k[len(prefix):]] = v
         if "torch" in rng:
             set_rng_state(rng)
     return state

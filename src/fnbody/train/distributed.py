@@ -106,6 +106,15 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value
 
 
+def gather_objects(obj, info: DistInfo) -> list:
+    """Every rank's `obj`, by rank (pickled in memory by torch.distributed; `[obj]` alone)."""
+    if not info.enabled:
+        return [obj]
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def barrier(info: DistInfo) -> None:
     """Wait for every rank (no-op alone)."""
     if info.enabled:

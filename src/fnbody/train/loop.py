@@ -32,8 +32,8 @@ from fnbody.errors import FnbodyError
 from fnbody.io import atomic_open, read_jsonl
 from fnbody.progress import progress
 from fnbody.seed import set_seed
-from fnbody.train.checkpoint import full_state_dicts, load_checkpoint, save_checkpoint, unwrap
-from fnbody.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shard_fsdp
+from fnbody.train.checkpoint import full_state_dicts, load_checkpoint, rng_state, save_checkpoint, unwrap
+from fnbody.train.distributed import DistInfo, all_reduce_mean, barrier, gather_objects, init_distributed, shard_fsdp
 
 METRICS = "metrics.jsonl"
 
@@ -235,22 +235,23 @@ class Trainer:
         }
 
     def save(self, is_best: bool = False) -> Path | None:
-        """Write the last (and, if `is_best`, the best) checkpoint; rank 0 writes (under FSDP every rank must call it)."""
+        """Write the last (and, if `is_best`, the best) checkpoint; rank 0 writes, every rank must call it."""
         path = None
         model_state = opt_state = None
+        rngs = gather_objects(rng_state(), self.dist)  # each rank resumes its own dropout stream
         if self.fsdp:  # gathering the shards is collective; rank 0 receives the full tensors
             model_state, opt_state = full_state_dicts(self.model, self.optimizer)
         if self.dist.is_main:
             self._full_state = model_state
             try:
                 path = save_checkpoint(self.checkpoint_dir / "last", self.model, self.optimizer, self._state(),
-                                       model_state=model_state, optimizer_state=opt_state)
+                                       model_state=model_state, optimizer_state=opt_state, rng_states=rngs)
                 for cb in self.callbacks:
                     cb.on_checkpoint(self, path, False)
                 if is_best:
                     opt = self.optimizer if self.cfg.save_optimizer_in_best else None
                     best_path = save_checkpoint(self.checkpoint_dir / "best", self.model, opt, self._state(),
-                                                model_state=model_state, optimizer_state=opt_state)
+                                                model_state=model_state, optimizer_state=opt_state, rng_states=rngs)
                     for cb in self.callbacks:
                         cb.on_checkpoint(self, best_path, True)
             finally:
@@ -305,7 +306,7 @@ class Trainer:
         path = self.checkpoint_dir / "last"
         if not path.exists():
             return False
-        state = load_checkpoint(path, self.model, self.optimizer)
+        state = load_checkpoint(path, self.model, self.optimizer, rank=self.dist.rank)
         if state.get("global_batch") != self.global_batch:
             raise FnbodyError(f"{path}: checkpoint used global batch {state.get('global_batch')}, this run {self.global_batch}; resume with the same batch size")
         for key in ("step", "epoch", "batch_in_epoch", "best", "evals_since_best"):
