@@ -22,8 +22,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(BIN)/fnbody corpus build --out $(OUT)/corpus
-	$(BIN)/fnbody corpus stats $(OUT)/corpus --plots $(OUT)/corpus/plots
+	$(BIN)/fnbody run --preset demo --out $(OUT)
 
 # The web page is tested in a real headless Chromium (Debian's chromium + chromium-driver).
 # As root (CI) they are installed when missing; elsewhere the browser test says how to get them.
