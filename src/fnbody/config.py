@@ -251,3 +251,20 @@ def prepare_run_dir(run_dir: str | Path, resume: bool) -> bool:
     if has_ckpt and not resume:
         raise FnbodyError(f"{run_dir}: run folder already has checkpoints; continue it with --resume or choose another --out")
     return has_ckpt
+
+
+def apply_section_flags(cfg: T, flags: dict[str, dict[str, Any]], what: str, max_epochs: int | None = None) -> T:
+    """Apply command-line flags to a run config's sections (None = flag not given), then cap train.max_epochs.
+
+    `--max-epochs` is a debug cap: it never raises the epoch count set by `--epochs` or the config.
+    """
+    try:
+        for section, values in flags.items():
+            given = {k: v for k, v in values.items() if v is not None}
+            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **given)})
+        if max_epochs is not None:
+            train = getattr(cfg, "train")
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(train, max_epochs=min(train.max_epochs, max_epochs)))
+    except ValueError as e:
+        raise FnbodyError(f"bad {what} flag: {e}") from None
+    return cfg

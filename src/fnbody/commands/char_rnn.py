@@ -232,9 +232,7 @@ def train_char_rnn(corpus_dir: str | Path, out_dir: str | Path, cfg: CharRNNRunC
 
 def build_run_config(args: argparse.Namespace) -> CharRNNRunConfig:
     """Defaults (the report), then --config TOML, then flags, then --set overrides."""
-    import dataclasses
-
-    from fnbody.config import apply_overrides, from_dict, load_toml
+    from fnbody.config import apply_overrides, apply_section_flags, from_dict, load_toml
 
     _resolve_annotations()
     cfg = CharRNNRunConfig()
@@ -248,14 +246,7 @@ def build_run_config(args: argparse.Namespace) -> CharRNNRunConfig:
                   "max_steps": args.max_steps, "clip_value": args.clip_value, "clip_norm": args.clip_norm,
                   "seed": args.seed, "device": args.device},
     }
-    try:
-        for section, values in flags.items():
-            values = {k: v for k, v in values.items() if v is not None}
-            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)})
-        if args.max_epochs is not None:  # a debug cap: never more than asked for by --epochs/config
-            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_epochs=min(cfg.train.max_epochs, args.max_epochs)))
-    except ValueError as e:
-        raise FnbodyError(f"bad char-rnn flag: {e}") from None
+    cfg = apply_section_flags(cfg, flags, "char-rnn", args.max_epochs)
     return apply_overrides(cfg, args.set)
 
 

@@ -266,7 +266,7 @@ def train_lm(corpus_dir: str | Path, out_dir: str | Path, cfg: LMRunConfig, *, r
 
 def build_run_config(args: argparse.Namespace) -> LMRunConfig:
     """Defaults, then --config TOML, then flags, then --set overrides."""
-    from fnbody.config import apply_overrides, from_dict, load_toml
+    from fnbody.config import apply_overrides, apply_section_flags, from_dict, load_toml
 
     _resolve_annotations()
     cfg = LMRunConfig()
@@ -279,14 +279,7 @@ def build_run_config(args: argparse.Namespace) -> LMRunConfig:
                   "max_steps": args.max_steps, "eval_every": args.eval_every, "seed": args.seed, "device": args.device,
                   "compile": True if args.compile else None},
     }
-    try:
-        for section, values in flags.items():
-            values = {k: v for k, v in values.items() if v is not None}
-            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)})
-        if args.max_epochs is not None:  # a debug cap: never more than asked for by --epochs/config
-            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_epochs=min(cfg.train.max_epochs, args.max_epochs)))
-    except ValueError as e:
-        raise FnbodyError(f"bad lm flag: {e}") from None
+    cfg = apply_section_flags(cfg, flags, "lm", args.max_epochs)
     return apply_overrides(cfg, args.set)
 
 
