@@ -91,6 +91,24 @@ def test_early_stopping_respects_patience(tmp_path):
     assert trainer.epoch == 3  # first eval sets best, two more without improvement stop it
 
 
+class SlowSteps(Callback):
+    def on_step_end(self, trainer, step, loss):
+        import time
+
+        time.sleep(0.05)
+
+
+def test_max_seconds_stops_cleanly_with_a_final_evaluation(tmp_path):
+    cfg = TrainConfig(batch_size=8, max_epochs=1000, lr=1e-3, log_every=1, max_seconds=0.3, show_progress=False)
+    trainer = make_trainer(tmp_path, cfg, evaluate=eval_fn, callbacks=[SlowSteps()])
+    trainer.fit()
+    assert 3 <= trainer.step < 100  # stopped by the clock, long before 1000 epochs
+    assert "valid_loss" in read_metrics(tmp_path)[-1]  # the final evaluation still ran
+    assert (tmp_path / "checkpoints" / "last" / "trainer_state.json").exists()
+    with pytest.raises(ValueError, match="max_seconds"):
+        TrainConfig(max_seconds=-1)
+
+
 def test_schedules():
     cfg = TrainConfig(lr=1.0, schedule="exp-epoch", lr_decay=0.5)
     assert lr_at(cfg, 0, 100, 10) == 1.0 and lr_at(cfg, 25, 100, 10) == 0.25

@@ -46,6 +46,8 @@ class TrainConfig:
     micro_batch_size: int = field(default=0, metadata={"help": "examples per forward pass per process (0 = no accumulation)"})
     max_epochs: int = field(default=1, metadata={"help": "epochs to train"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0 = no cap)"})
+    max_seconds: float = field(default=0.0, metadata={"help": "stop cleanly after this many seconds of training in this process, checked "
+                                                              "every log_every steps; the final evaluation and checkpoint still run (0 = no cap)"})
     optimizer: Literal["adam", "adamw"] = field(default="adamw", metadata={"help": "optimizer"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (matrices only)"})
@@ -75,8 +77,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.micro_batch_size < 0 or self.max_epochs < 0 or self.max_steps < 0:
-            raise ValueError("micro_batch_size, max_epochs and max_steps must be >= 0")
+        if self.micro_batch_size < 0 or self.max_epochs < 0 or self.max_steps < 0 or self.max_seconds < 0:
+            raise ValueError("micro_batch_size, max_epochs, max_steps and max_seconds must be >= 0")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
@@ -376,6 +378,13 @@ class Trainer:
             old[sig] = signal.signal(sig, handler)
         return old
 
+    def _elapsed_everywhere(self, t0: float) -> float:
+        """Seconds since `t0`, averaged over ranks so that every rank takes the same stop decision."""
+        elapsed = time.perf_counter() - t0
+        if self.dist.world_size > 1:
+            elapsed = all_reduce_mean(torch.tensor(elapsed, device=self.device), self.dist).item()
+        return elapsed
+
     def fit(self, resume: bool = False) -> dict:
         """Train until max_epochs/max_steps, early stopping or a stop request; returns the final state."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -424,6 +433,8 @@ class Trainer:
                             cb.on_step_end(self, self.step, mean)
                         run_loss.zero_()
                         run_n = 0
+                        if self.cfg.max_seconds and self._elapsed_everywhere(t0) > self.cfg.max_seconds:
+                            self._stop = True
                     bar.update(1)
                     eval_now = (self.cfg.eval_every and self.step % self.cfg.eval_every == 0) or (not self.cfg.eval_every and end_of_epoch)
                     if eval_now:
