@@ -245,3 +245,15 @@ def test_cli_train_lm_with_retrieved_context(real_index, tmp_path):
     assert info["config"]["data"]["rag_index"] == str(index)
     metas = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*/meta.json")]
     assert metas and all(m["context"].startswith("rag|index:") for m in metas)
+
+
+def test_rag_fraction_picks_a_stable_share_of_training_functions():
+    from fnbody.commands.lm import LMDataConfig, with_context
+
+    recs = [{"url": f"https://example.com/f{i}", "prompt": f"def f{i}():\n"} for i in range(2000)]
+    picked = [with_context(r, 0.25) for r in recs]
+    assert 400 < sum(picked) < 600  # about a quarter
+    assert picked == [with_context(r, 0.25) for r in recs]  # a hash, not the RNG: the same every run
+    assert all(with_context(r, 1.0) for r in recs[:50])
+    with pytest.raises(ValueError, match="rag_fraction"):
+        LMDataConfig(rag_fraction=0.0)

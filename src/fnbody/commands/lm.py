@@ -63,12 +63,16 @@ class LMDataConfig:
                                                          "functions (never itself, never its own repo) before its prompt, as `--rag-index` does at generation"})
     rag_k: int = field(default=2, metadata={"help": "functions retrieved per training function (with rag_index)"})
     rag_budget_tokens: int = field(default=0, metadata={"help": "cap on context + prompt tokens (0 = half of block_size)"})
+    rag_fraction: float = field(default=1.0, metadata={"help": "share of functions given retrieved context (the rest train without, so "
+                                                               "one model serves plain and retrieval-augmented generation); a fixed hash picks them"})
 
     def __post_init__(self) -> None:
         if self.block_size < 2 or self.eval_batch_size < 1:
             raise ValueError("block_size must be >= 2 and eval_batch_size >= 1")
         if self.rag_k < 1 or self.rag_budget_tokens < 0:
             raise ValueError("rag_k must be >= 1 and rag_budget_tokens >= 0")
+        if not 0.0 < self.rag_fraction <= 1.0:
+            raise ValueError(f"rag_fraction must be in (0, 1], got {self.rag_fraction}")
 
 
 @dataclass
@@ -168,8 +172,23 @@ def _rag_contexts(data: LMDataConfig, tokenizer):
     def fits(text: str) -> bool:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= budget
 
-    key = f"rag|index:{index.info['model_fingerprint'][:16]}|count:{len(index)}|k:{data.rag_k}|budget:{budget}"
-    return (lambda records: training_contexts(records, index, data.rag_k, fits)), key
+    key = f"rag|index:{index.info['model_fingerprint'][:16]}|count:{len(index)}|k:{data.rag_k}|budget:{budget}|fraction:{data.rag_fraction:g}"
+
+    def contexts(records):
+        return [c if with_context(r, data.rag_fraction) else ""
+                for r, c in zip(records, training_contexts(records, index, data.rag_k, fits))]
+
+    return contexts, key
+
+
+def with_context(record: dict, fraction: float) -> bool:
+    """Whether a training function gets retrieved context: a stable hash of its source, not the RNG, picks it."""
+    if fraction >= 1.0:
+        return True
+    import hashlib
+
+    text = record.get("url") or record.get("code") or record["prompt"]
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64 < fraction
 
 
 def train_lm(corpus_dir: str | Path, out_dir: str | Path, cfg: LMRunConfig, *, resume: bool = False,
@@ -194,7 +213,7 @@ def train_lm(corpus_dir: str | Path, out_dir: str | Path, cfg: LMRunConfig, *, r
     try:
         set_seed(cfg.train.seed)  # before building the model, so initialisation is reproducible
         if resume and has_ckpt:
-            check_resume_config(out_dir, cfg, {"model": ("init", "vocab_size"), "data": ("block_size", "body_only_loss", "max_samples", "rag_index", "rag_k")})
+            check_resume_config(out_dir, cfg, {"model": ("init", "vocab_size"), "data": ("block_size", "body_only_loss", "max_samples", "rag_index", "rag_k", "rag_fraction")})
             # The architecture and tokenizer come from the run folder; the checkpoint supplies the weights.
             from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
