@@ -57,9 +57,10 @@ def test_report_has_every_section_with_real_numbers(tiny_run):
     for side in ("plain", "rag"):
         assert _is_number(beyond["bleu"][side]["bleu"]["score"]) and "data:" in beyond["bleu"][side]["bleu"]["signature"]
     assert "rag:k2" in beyond["bleu"]["rag"]["bleu"]["signature"]
-    for side in ("plain", "rag", "checked"):
+    for side in ("plain", "rag", "checked", "rag+checked"):
         assert _is_number(beyond["humaneval"][side]["pass@1"]) and beyond["humaneval"][side]["tasks"] == 2
     assert "checked:n2" in beyond["humaneval"]["checked"]["signature"]
+    assert "rag:k2" in beyond["humaneval"]["rag+checked"]["signature"] and "checked:n2" in beyond["humaneval"]["rag+checked"]["signature"]
     md = (out / "report.md").read_text()
     for heading in ("## Data", "## Code search", "## Char-RNN baseline", "### Sweep", "## Generation", "## BLEU during training", "## Sample generations",
                     "## Beyond the report"):

@@ -88,6 +88,7 @@ class AugmentStage:
     rag_budget_tokens: int = field(default=0, metadata={"help": "cap on context + prompt tokens (0 = model context minus generation room, at most 1024)"})
     checked_n: int = field(default=8, metadata={"help": "candidates per HumanEval problem (greedy + N-1 samples)"})
     checked_temperature: float = field(default=0.8, metadata={"help": "sampling temperature of the candidates"})
+    combined: bool = field(default=False, metadata={"help": "also score retrieval and execution checking together on HumanEval"})
 
 
 @dataclass

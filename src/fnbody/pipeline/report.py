@@ -208,6 +208,8 @@ def _beyond_section(out: Path, rep: dict, md: list[str]) -> None:
         md.append(f"| + retrieval (greedy) | {_fmt(b['rag']['seed-bleu']['score'], 4)} | {_fmt(b['rag']['bleu']['score'], 2)} | "
                   f"{_fmt(b['rag']['codexglue-bleu']['score'], 2)} | {_fmt(p1(he['rag']))} |")
         md.append(f"| execution-checked top candidate | | | | {_fmt(p1(he['checked']))} |")
+        if "rag+checked" in he:
+            md.append(f"| retrieval + execution-checked | | | | {_fmt(p1(he['rag+checked']))} |")
         base, with_rag = b["plain"]["bleu"]["score"], b["rag"]["bleu"]["score"]
         gain = with_rag / base - 1 if base else None
         rep["beyond"][run.name]["bleu_gain"] = gain
@@ -215,7 +217,7 @@ def _beyond_section(out: Path, rep: dict, md: list[str]) -> None:
                   f"pass@1 target 8.3% (PyCodeGPT-110M).\n\nSignatures:\n")
         for side in ("plain", "rag"):
             md.append(f"- BLEU {side}: `{b[side]['bleu']['signature']}`")
-        for side in ("plain", "rag", "checked"):
+        for side in [k for k in ("plain", "rag", "checked", "rag+checked") if k in he]:
             md.append(f"- pass@1 {side}: `{he[side].get('signature', '')}`")
     md.append("")
 

@@ -140,7 +140,7 @@ def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
                            "--out", aug / "index", "--overwrite"),
                 task_cmd("evaluate_augmented", run=str(out / "lm" / target), corpus=str(corpus), index=str(aug / "index"),
                          plain=str(out / "eval" / target), out=str(aug), name=target, rag_k=a.rag_k,
-                         rag_budget_tokens=a.rag_budget_tokens, checked_n=a.checked_n, checked_temperature=a.checked_temperature,
+                         rag_budget_tokens=a.rag_budget_tokens, checked_n=a.checked_n, checked_temperature=a.checked_temperature, combined=a.combined,
                          bleu_samples=e.bleu_samples, humaneval_problems=e.humaneval_problems, max_new_tokens=e.max_new_tokens,
                          batch_size=e.batch_size, timeout=e.timeout, seed=cfg.seed, device=dev)],
             outputs=[aug / "summary.json"], deps=["corpus", "search-nbow", f"eval-{target}"], workdir=None,

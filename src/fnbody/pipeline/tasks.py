@@ -84,8 +84,11 @@ def evaluate_generator(run: str, corpus: str, out: str, name: str, bleu_samples:
 def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, name: str, rag_k: int = 2,
                        rag_budget_tokens: int = 0, checked_n: int = 8, checked_temperature: float = 0.8,
                        bleu_samples: int = 1000, humaneval_problems: int = 0, max_new_tokens: int = 256, batch_size: int = 8,
-                       timeout: float = 10.0, seed: int = 0, device: str = "auto") -> dict:
+                       timeout: float = 10.0, seed: int = 0, device: str = "auto", combined: bool = False) -> dict:
     """Beyond the report: BLEU and pass@1 with retrieval, and pass@1 of the execution-checked top candidate.
+
+    With `combined`, HumanEval is also scored for both at once: N candidates sampled with retrieved
+    context, then ranked by doctests and log-probability.
 
     The baselines (plain greedy BLEU on the same test rows, plain greedy HumanEval pass@1) come
     from the generator's own evaluation folder `plain`, so both sides are scored on identical
@@ -141,13 +144,17 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
     subset = {i: problems[i] for i in ids}
     label = f"HumanEval first {len(ids)} of 164" if len(ids) < 164 else "HumanEval all 164"
     summary["humaneval"] = {"problems": label, "plain": base_summary["humaneval"]}
-    checked = ExecutionCheckedGenerator(gen, n_candidates=checked_n, temperature=checked_temperature)
-    for key, g in (("rag", RetrievalAugmentedGenerator(gen, idx, k=rag_k, budget_tokens=rag_budget_tokens)), ("checked", checked)):
+    he_rag = RetrievalAugmentedGenerator(gen, idx, k=rag_k, budget_tokens=rag_budget_tokens)
+    check_sig = f"checked:n{checked_n}|T:{checked_temperature:g}|rank:doctests>logprob"
+    configs = [("rag", he_rag, sig), ("checked", ExecutionCheckedGenerator(gen, n_candidates=checked_n, temperature=checked_temperature), check_sig)]
+    if combined:
+        configs.append(("rag+checked", ExecutionCheckedGenerator(he_rag, n_candidates=checked_n, temperature=checked_temperature), f"{sig}|{check_sig}"))
+    for key, g, key_sig in configs:
         path = out_dir / f"humaneval_samples_{key}.jsonl"
         generate_samples(g, he_rows, cfg, path)
         he, results = evaluate_functional_correctness(read_jsonl(path), subset, ks=(1,), timeout=timeout)
         he["problems"] = label
-        he["signature"] += f"|{sig if key == 'rag' else f'checked:n{checked_n}|T:{checked_temperature:g}|rank:doctests>logprob'}"
+        he["signature"] += f"|{key_sig}"
         summary["humaneval"][key] = he
         write_jsonl(out_dir / f"humaneval_results_{key}.jsonl", results)
     write_json(out_dir / "summary.json", summary)
