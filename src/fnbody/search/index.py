@@ -17,7 +17,7 @@ import numpy as np
 
 from fnbody.errors import FnbodyError
 from fnbody.io import read_json, write_json, write_jsonl
-from fnbody.search.embed import CODE_VOCAB, QUERY_VOCAB, WEIGHTS, Embedder, model_fingerprint, weights_path
+from fnbody.search.embed import WEIGHTS, Embedder, model_fingerprint, run_files, weights_path
 
 INDEX_FORMAT_VERSION = 1
 INDEX_INFO = "index.json"
@@ -89,7 +89,7 @@ def build_index(model_dir: str | Path, records: Iterable[dict], out_dir: str | P
     run_info = read_run_info(model_dir)
     write_run_info(tmp / MODEL_DIR, run_info["kind"], run_info["config"], run_info.get("argv"), source_run=str(model_dir))
     shutil.copyfile(weights_path(model_dir), tmp / MODEL_DIR / WEIGHTS)
-    for name in (QUERY_VOCAB, CODE_VOCAB):
+    for name in run_files(run_info["config"]["model"]):
         shutil.copyfile(Path(model_dir) / name, tmp / MODEL_DIR / name)
     info = {
         "format_version": INDEX_FORMAT_VERSION, "fnbody_version": __version__, "run": str(model_dir),
@@ -143,7 +143,7 @@ class SearchIndex:
         except (OSError, ValueError) as e:
             raise FnbodyError(f"{path / VECTORS}: cannot read embeddings ({e})") from None
         records = read_jsonl(path / RECORDS)
-        if vectors.shape != (info["count"], info["dim"]) or len(records) != info["count"] or info["dim"] != emb.cfg.emb_dim:
+        if vectors.shape != (info["count"], info["dim"]) or len(records) != info["count"] or info["dim"] != emb.dim:
             raise FnbodyError(f"{path}: index files disagree ({vectors.shape} vectors, {len(records)} records, index.json says "
                               f"{info['count']} x {info['dim']}); rebuild it")
         return cls(path, info, np.ascontiguousarray(vectors, dtype=np.float32), records, emb)

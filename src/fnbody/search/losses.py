@@ -63,17 +63,18 @@ def same_group(groups: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def retrieval_loss(q: torch.Tensor, c: torch.Tensor, loss: str = "softmax", margin: float = 1.0,
-                   groups: torch.Tensor | None = None) -> torch.Tensor:
+                   groups: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
     """The chosen in-batch loss for query embeddings q (B, C) and code embeddings c (B, C).
 
     `groups` (B,) ids pairs whose queries are identical: 13% of the default corpus's training docstrings
     are repeated ("Initialize the weights" 116 times), and without it the loss would push a query away
-    from a code that answers it as well as its own.
+    from a code that answers it as well as its own. `scale` multiplies the similarities inside the softmax loss
+    (a temperature of 1/scale): unit vectors score within [-1, 1], too flat a softmax without it.
     """
     scores = similarity(q, c, loss)  # (B, B)
     not_negative = same_group(groups)
     if loss == "softmax":
-        return softmax_loss(scores, not_negative)
+        return softmax_loss(scores * scale, not_negative)
     if loss == "cosine":
         return cosine_loss(scores, margin, not_negative)
     if loss == "max-margin":
