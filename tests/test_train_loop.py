@@ -91,16 +91,18 @@ def test_early_stopping_respects_patience(tmp_path):
     assert trainer.epoch == 3  # first eval sets best, two more without improvement stop it
 
 
-class SlowSteps(Callback):
-    def on_step_end(self, trainer, step, loss):
-        import time
+def slow_loss(model, batch):
+    import time
 
-        time.sleep(0.05)
+    time.sleep(0.02)
+    return loss_fn(model, batch)
 
 
 def test_max_seconds_stops_cleanly_with_a_final_evaluation(tmp_path):
-    cfg = TrainConfig(batch_size=8, max_epochs=1000, lr=1e-3, log_every=1, max_seconds=0.3, show_progress=False)
-    trainer = make_trainer(tmp_path, cfg, evaluate=eval_fn, callbacks=[SlowSteps()])
+    # log_every far beyond the run: a single process checks the clock every step, not only at log steps
+    cfg = TrainConfig(batch_size=8, max_epochs=1000, lr=1e-3, log_every=1000, max_seconds=0.3, show_progress=False)
+    torch.manual_seed(0)
+    trainer = Trainer(TinyRegressor(), cfg, make_data(), collate, slow_loss, tmp_path, evaluate=eval_fn)
     trainer.fit()
     assert 3 <= trainer.step < 100  # stopped by the clock, long before 1000 epochs
     assert "valid_loss" in read_metrics(tmp_path)[-1]  # the final evaluation still ran

@@ -46,8 +46,8 @@ class TrainConfig:
     micro_batch_size: int = field(default=0, metadata={"help": "examples per forward pass per process (0 = no accumulation)"})
     max_epochs: int = field(default=1, metadata={"help": "epochs to train"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0 = no cap)"})
-    max_seconds: float = field(default=0.0, metadata={"help": "stop cleanly after this many seconds of training in this process, checked "
-                                                              "every log_every steps; the final evaluation and checkpoint still run (0 = no cap)"})
+    max_seconds: float = field(default=0.0, metadata={"help": "stop cleanly after this many seconds of training in this process (checked "
+                                                              "every step; under torchrun at log steps); the final evaluation and checkpoint still run (0 = no cap)"})
     optimizer: Literal["adam", "adamw"] = field(default="adamw", metadata={"help": "optimizer"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (matrices only)"})
@@ -423,7 +423,8 @@ class Trainer:
                         self.epoch += 1
                         self.batch_in_epoch = 0
                     end_of_epoch = self.batch_in_epoch == 0
-                    if self.cfg.log_every and (self.step % self.cfg.log_every == 0 or end_of_epoch or self.step == self.total_steps):
+                    logged = bool(self.cfg.log_every) and (self.step % self.cfg.log_every == 0 or end_of_epoch or self.step == self.total_steps)
+                    if logged:
                         mean = all_reduce_mean(run_loss / run_n, self.dist).item()
                         dt = time.perf_counter() - t0
                         rate = (self.step * self.global_batch - examples_at_t0) / max(dt, 1e-9)
@@ -433,9 +434,10 @@ class Trainer:
                             cb.on_step_end(self, self.step, mean)
                         run_loss.zero_()
                         run_n = 0
-                        if self.cfg.max_seconds and self._elapsed_everywhere(t0) > self.cfg.max_seconds:
-                            self._stop = True
                     bar.update(1)
+                    # One process checks the clock every step; several agree on it at log steps (a collective).
+                    if self.cfg.max_seconds and (self.dist.world_size == 1 or logged) and self._elapsed_everywhere(t0) > self.cfg.max_seconds:
+                        self._stop = True
                     eval_now = (self.cfg.eval_every and self.step % self.cfg.eval_every == 0) or (not self.cfg.eval_every and end_of_epoch)
                     if eval_now:
                         early = self._run_eval()
