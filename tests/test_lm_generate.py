@@ -112,3 +112,57 @@ def test_batched_left_padding_matches_one_at_a_time():
     for [b], s in zip(batched, single):
         assert b.text == s.text and b.num_tokens == s.num_tokens
         assert b.mean_logprob == pytest.approx(s.mean_logprob, abs=1e-4)
+
+
+def _tiny_llama(vocab: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(5)  # a seed whose random model does not pick end-of-text in its first 10 tokens
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_greedy_matches_plain_transformers_generate():
+    """The KV-cache loop must produce exactly plain `model.generate`'s greedy tokens (a rotary-position model)."""
+    from fnbody.tokens.byte_bpe import train_byte_bpe
+
+    tok = train_byte_bpe(TINY_TEXTS, vocab_size=300, min_frequency=1)
+    model = _tiny_llama(len(tok))
+    gen = LMGenerator(model, tok)
+    [[ours]] = gen.generate([PROMPT], GenerationConfig(max_new_tokens=10, batch_size=1), ignore_end=True)
+    ids = torch.tensor([[tok.eos_token_id, *tok(PROMPT, add_special_tokens=False)["input_ids"]]])
+    with torch.inference_mode():
+        plain = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, min_new_tokens=10, do_sample=False,
+                               pad_token_id=tok.eos_token_id, eos_token_id=None)
+    plain_text = tok.decode(plain[0, ids.shape[1]:].tolist(), skip_special_tokens=True)
+    # Equal up to a trailing partial UTF-8 character, which the incremental decoder holds back.
+    assert ours.num_tokens == 10 and len(ours.text) >= 8 and plain_text.startswith(ours.text)
+
+
+def test_older_cache_argument_name_and_a_model_that_drops_the_cache():
+    """transformers before 5.2x names the cache `past_key_values`; a model that ignores the cache is refused, not decoded blind."""
+    from fnbody.tokens.byte_bpe import train_byte_bpe
+
+    tok = train_byte_bpe(TINY_TEXTS, vocab_size=300, min_frequency=1)
+    inner = _tiny_llama(len(tok))
+
+    class OldNaming(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None, logits_to_keep=0, **kw):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=past_key_values,
+                              use_cache=use_cache, logits_to_keep=logits_to_keep)
+
+    class DropsCache(OldNaming):
+        def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None, logits_to_keep=0, **kw):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=logits_to_keep)
+
+    cfg = GenerationConfig(max_new_tokens=6, batch_size=1)
+    expected = LMGenerator(inner, tok).generate([PROMPT], cfg, ignore_end=True)[0][0].text
+    assert LMGenerator(OldNaming(), tok).generate([PROMPT], cfg, ignore_end=True)[0][0].text == expected
+    DropsCache.forward.__signature__ = None  # plain signature: takes neither name
+    with pytest.raises(FnbodyError, match="neither `cache` nor `past_key_values`"):
+        LMGenerator(DropsCache(), tok).generate([PROMPT], cfg)

@@ -15,6 +15,8 @@ The generator feeds `EOS + prompt`, as the training data puts every function aft
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +141,15 @@ class LMGenerator:
             yield piece
 
     # ----- internals ----------------------------------------------------------------------------
+    @functools.cached_property
+    def _cache_kwarg(self) -> str:
+        """The forward argument that takes the KV cache: `cache` in transformers >= 5.2x, `past_key_values` before."""
+        params = inspect.signature(self.model.forward).parameters
+        for name in ("cache", "past_key_values"):
+            if name in params:
+                return name
+        raise FnbodyError(f"{type(self.model).__name__}.forward takes neither `cache` nor `past_key_values`; cannot decode with a KV cache")
+
     def _encode_prompts(self, prompts: list[str], cfg: GenerationConfig) -> list[list[int]]:
         """EOS + prompt ids, cut from the left (with a warning) so prompt + max_new_tokens fits the context."""
         encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
@@ -182,8 +193,13 @@ class LMGenerator:
         live = list(range(B))  # row index of each batch position still decoding
         # Without padding no mask is needed; skipping it spares HF building a 4-D mask every step.
         padded = bool((attn == 0).any())
-        out = self.model(input_ids=input_ids, attention_mask=attn if padded else None, position_ids=pos, cache=cache,
+        kv = {self._cache_kwarg: cache}
+        out = self.model(input_ids=input_ids, attention_mask=attn if padded else None, position_ids=pos, **kv,
                          use_cache=True, logits_to_keep=1)
+        if cache.get_seq_length() != T:
+            # A model that silently drops the cache would decode every token without its context.
+            raise FnbodyError(f"{type(self.model).__name__} did not fill the KV cache ({cache.get_seq_length()} of {T} positions); "
+                              f"transformers {_transformers_version()} may name the cache argument differently")
         next_pos = pos[:, -1:] + 1  # (B, 1)
         eos = torch.tensor(self.eos_ids, device=device)
         for step in range(max_new):
@@ -220,7 +236,7 @@ class LMGenerator:
                 padded = bool((attn == 0).any())
             attn = torch.cat([attn, attn.new_ones((len(live), 1))], dim=1)
             out = self.model(input_ids=tok[:, None], attention_mask=attn if padded else None, position_ids=next_pos,
-                             cache=cache, use_cache=True)
+                             **kv, use_cache=True)
             next_pos = next_pos + 1
         for row in rows:
             if not row.done:
@@ -298,6 +314,12 @@ class LMGenerator:
 # MLP output projections see activation outliers that per-tensor int8 activations cannot hold
 # (SmolLM2-135M: valid NLL 1.08 -> 1.92 with them quantized, 1.19 without); lm_head is tied to the embedding.
 INT8_SKIP = ("down_proj", "c_proj", "lm_head")
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def quantize_int8(model):
