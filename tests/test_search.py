@@ -275,6 +275,16 @@ def test_packed_nbow_equals_padded_weighted_mean():
     assert torch.allclose(enc(ids[:1, :3]), ref[:1], atol=1e-6)
 
 
+def test_packed_nbow_under_bf16_autocast():
+    """CUDA training runs under bf16 autocast; the gate's bf16 weights must not break the fp32 pooling sums."""
+    torch.manual_seed(0)
+    enc = TwoTowerModel(SearchModelConfig(encoder="nbow", emb_dim=8, vocab_size=30, dropout=0.0), 30, 30).eval().code_encoder
+    ids = torch.tensor([[3, 4, 5, 0, 0], [7, 8, 9, 10, 11]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = enc(ids)
+    assert out.shape == (2, 8) and torch.allclose(out.float(), enc(ids), atol=0.05)
+
+
 def test_identical_queries_are_not_negatives():
     # Rows 0 and 1 share a docstring: each one's code must not count against the other.
     scores = torch.tensor([[0.9, 0.95, 0.1], [0.95, 0.9, 0.1], [0.1, 0.2, 0.9]])

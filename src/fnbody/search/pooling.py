@@ -32,7 +32,7 @@ class WeightedMeanPool(nn.Module):
 
     def packed(self, h: torch.Tensor, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
         """Same pooling over only the real tokens: h (N, C) with rows (N,) naming each token's sequence -> (B, C)."""
-        w = torch.sigmoid(self.gate(h))  # (N, 1)
+        w = torch.sigmoid(self.gate(h)).to(h.dtype)  # (N, 1): under bf16 autocast the gate is bf16
         num = h.new_zeros(batch_size, h.shape[1]).index_add_(0, rows, h * w)  # (B, C)
         den = h.new_zeros(batch_size, 1).index_add_(0, rows, w)  # (B, 1)
         return num / den.clamp_min(1e-6)
