@@ -61,6 +61,9 @@ def test_prompt_docstring_query_and_doctests():
     assert query_text(prompt) == "Add two numbers."
     assert doctest_examples(prompt) == [("add(2, 3)\n", "5\n")]
     assert query_text("def read_csv_file(p):\n") == "read csv file"
+    # A docstring of stop words and punctuation falls back to the name; with nothing searchable at all, no query.
+    assert query_text('def negate(a):\n    """a <-- -a"""\n') == "negate"
+    assert query_text('def a(b):\n    """a <-- -a"""\n') == ""
     assert doctest_examples("def f(x):\n    '''No examples.'''\n") == []
 
 
@@ -100,6 +103,9 @@ def test_training_contexts_exclude_self_and_repo():
     index = FakeIndex([copy, _hit("sibling", "mine"), _hit("other", "theirs")])
     (ctx,) = training_contexts([rec], index, k=2, fits=lambda t: True)
     assert "def other" in ctx and "sibling" not in ctx and "fork" not in ctx
+    # A function with nothing to search for trains without context instead of stopping the run.
+    bare = {"repo": "x", "prompt": 'def a(b):\n    """a <-- -a"""\n', "body": "    return -a\n"}
+    assert training_contexts([bare, rec], index, k=2, fits=lambda t: True)[0] == ""
 
 
 @pytest.fixture(scope="module")

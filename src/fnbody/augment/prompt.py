@@ -44,9 +44,23 @@ def prompt_docstring(prompt: str) -> str:
 
 
 def query_text(prompt: str) -> str:
-    """The search query for a prompt: its docstring's first paragraph, else the function name's words."""
+    """The search query for a prompt: its docstring's first paragraph, else the function name's words, else "" (no search)."""
     doc = prompt_docstring(prompt).strip()
     first = doc.split("\n\n", 1)[0].strip() if doc else ""
     # Doctest lines are code, not a description of the function.
     first = "\n".join(line for line in first.splitlines() if not line.strip().startswith(">>>")).strip()
-    return first or function_name(prompt).replace("_", " ").strip()
+    for candidate in (first, function_name(prompt).replace("_", " ").strip()):
+        if candidate and _searchable(candidate):
+            return candidate
+    return ""  # nothing to search for (e.g. `def f():` documented as "a <-- -a"): no retrieved context
+
+
+def _searchable(text: str) -> bool:
+    from fnbody.errors import FnbodyError
+    from fnbody.search.data import query_tokens
+
+    try:
+        query_tokens(text)
+    except FnbodyError:
+        return False
+    return True

@@ -128,7 +128,7 @@ class RetrievalAugmentedGenerator:
         if exclude_repos is None:
             exclude_repos = [self.exclude_repo(p) if self.exclude_repo else None for p in prompts]
         queries = [query_text(p) for p in prompts]
-        fetched = self.index.query_many(queries, min(self.k + FETCH_EXTRA, len(self.index))) if prompts else []
+        fetched = query_all(self.index, queries, min(self.k + FETCH_EXTRA, len(self.index)))
         fits = self.fits(max_new_tokens)
         out = []
         for prompt, query, hits, repo in zip(prompts, queries, fetched, exclude_repos):
@@ -150,6 +150,15 @@ class RetrievalAugmentedGenerator:
         yield from self.base.stream(self.last_retrievals[0].context + prompt, cfg)
 
 
+def query_all(index, queries: Sequence[str], k: int) -> list[list[dict]]:
+    """`index.query_many` where empty queries (nothing searchable in the prompt) get no hits instead of an error."""
+    live = [i for i, q in enumerate(queries) if q]
+    out: list[list[dict]] = [[] for _ in queries]
+    for i, hits in zip(live, index.query_many([queries[i] for i in live], k) if live else []):
+        out[i] = hits
+    return out
+
+
 def repo_lookup(rows: Sequence[dict]) -> Callable[[str], str | None]:
     """`exclude_repo` for prompt rows that carry `repo` (corpus rows do): prompt -> its repo."""
     by_prompt = {r["prompt"]: r.get("repo") for r in rows if r.get("repo")}
@@ -165,7 +174,7 @@ def training_contexts(records: Sequence[dict], index, k: int, fits: Callable[[st
     fetch = min(k + FETCH_EXTRA, len(index))
     for s in progress(range(0, len(records), batch), desc="retrieve context", total=(len(records) + batch - 1) // batch, unit="batch"):
         part = records[s:s + batch]
-        hits = index.query_many([query_text(r["prompt"]) for r in part], fetch)
+        hits = query_all(index, [query_text(r["prompt"]) for r in part], fetch)
         for r, hs in zip(part, hits):
             own = _normalise(r.get("code") or r["prompt"] + r.get("body", ""))
             allowed = [h for h in hs if h.get("repo") != r.get("repo") and _normalise(h.get("code") or "") != own]
