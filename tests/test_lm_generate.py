@@ -166,3 +166,15 @@ def test_older_cache_argument_name_and_a_model_that_drops_the_cache():
     DropsCache.forward.__signature__ = None  # plain signature: takes neither name
     with pytest.raises(FnbodyError, match="neither `cache` nor `past_key_values`"):
         LMGenerator(DropsCache(), tok).generate([PROMPT], cfg)
+
+
+def test_require_body_forbids_ending_before_the_body(tokenizer):
+    """A model that ends the function at once (as SmolLM2-Instruct does) must first indent a body line."""
+    gen = scripted(tokenizer, "", eos=True)  # always prefers end-of-text
+    [[plain]] = gen.generate([PROMPT], GenerationConfig(max_new_tokens=8))
+    assert plain.text == "" and plain.num_tokens == 1 and plain.finish_reason == "stop"
+    [[forced]] = gen.generate([PROMPT], GenerationConfig(max_new_tokens=8, require_body=True))
+    assert forced.num_tokens >= 2 and forced.text[:1] in (" ", "\t")  # an indentation token first, then the end
+    # Mid-line prompts have begun their body already: nothing is masked.
+    [[mid]] = gen.generate([PROMPT + "    return"], GenerationConfig(max_new_tokens=8, require_body=True))
+    assert mid.num_tokens == 1

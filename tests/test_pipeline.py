@@ -50,6 +50,7 @@ def test_report_has_every_section_with_real_numbers(tiny_run):
             assert _is_number(summary["bleu"][metric]["score"]) and "model:" in summary["bleu"][metric]["signature"]
         assert _is_number(summary["humaneval"]["pass@1"]) and summary["humaneval"]["tasks"] == 2
         assert _is_number(summary["syntax"]["syntax_valid_rate"])
+        assert summary["decoding"].endswith("|require_body") == (summary["model"] != "char-rnn")
         assert summary["listing"] and summary["listing"][0]["prompt"].lstrip().startswith(("def", "async def", "@"))
     assert rep["bleu_during_training"]["gpt2-scratch"]
     beyond = rep["beyond"]["gpt2-scratch"]

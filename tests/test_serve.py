@@ -33,9 +33,11 @@ class ScriptedGenerator:
         self.streams_closed = 0
         self.pieces_streamed = 0
         self.seeds: list[int] = []
+        self.configs: list[GenerationConfig] = []
 
     def _text(self, prompt: str, cfg: GenerationConfig) -> tuple[str, str]:
         def_indent(prompt)
+        self.configs.append(cfg)
         # Sampling makes each seed's text differ, as a real sampler would; greedy is always the same.
         text = self.body if cfg.greedy else self.body.replace("return", f"return {cfg.seed % 97} +", 1)
         cut, finish = len(text), "stop"
@@ -255,6 +257,15 @@ def test_bad_completion_requests_get_4xx_with_message(client, gen, name, payload
     assert r.status_code == status, r.text
     assert needle in r.json()["error"]["message"]
     assert gen.prompts_run == []  # nothing reached the model
+
+
+def test_require_body_setting_reaches_every_request(gen):
+    with TestClient(create_app(gen, settings=ServeSettings(require_body=True))) as c:
+        assert c.post("/v1/completions", json={"prompt": PROMPT}).status_code == 200
+    assert gen.configs and all(cfg.require_body for cfg in gen.configs)
+    with TestClient(create_app(gen)) as c:
+        assert c.post("/v1/completions", json={"prompt": PROMPT}).status_code == 200
+    assert gen.configs[-1].require_body is False
 
 
 def test_body_size_limit(gen):

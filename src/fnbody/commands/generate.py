@@ -19,6 +19,8 @@ def add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--require-body", action="store_true",
+                   help="transformers: never end before a body line has begun (for instruct models that close the function at once)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
 
 
@@ -28,7 +30,8 @@ def decoding_config(args: argparse.Namespace):
 
     try:
         return GenerationConfig(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                                max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
+                                max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
+                                require_body=getattr(args, "require_body", False))
     except ValueError as e:
         raise FnbodyError(f"bad decoding flag: {e}") from None
 

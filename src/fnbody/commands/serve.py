@@ -35,6 +35,8 @@ def register(sub, groups) -> None:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request, queue wait included (default 120)")
     p.add_argument("--max-tokens-cap", type=int, default=1024, help="largest max_tokens a request may ask (default 1024)")
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="request body limit in bytes (default 65536)")
+    p.add_argument("--require-body", action="store_true",
+                   help="transformers: no completion ends before a body line has begun (for instruct models)")
     from fnbody.commands.generate import add_augment_args
 
     add_augment_args(p)
@@ -51,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise FnbodyError(f"--port must be in 1..65535, got {args.port}")
     settings = ServeSettings(queue_size=args.queue_size, search_queue_size=args.queue_size,
                              request_timeout_s=args.timeout, max_tokens_cap=args.max_tokens_cap,
-                             default_max_tokens=min(256, args.max_tokens_cap), max_body_bytes=args.max_body_bytes)
+                             default_max_tokens=min(256, args.max_tokens_cap), max_body_bytes=args.max_body_bytes, require_body=args.require_body)
     index = None
     if args.search:
         from fnbody.search.index import SearchIndex

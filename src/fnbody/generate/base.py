@@ -24,6 +24,9 @@ class GenerationConfig:
     batch_size: int = field(default=8, metadata={"help": "prompts decoded together"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     stop: tuple[str, ...] = field(default=(), metadata={"help": "extra stop strings (OpenAI `stop`)"})
+    require_body: bool = field(default=False, metadata={"help": "transformers: never end the function before a body line has begun "
+                                                                "(masks end-of-text and unindented tokens until then; instruct models "
+                                                                "otherwise close the function at once)"})
 
     def __post_init__(self) -> None:
         if self.n < 1:

@@ -142,6 +142,21 @@ class LMGenerator:
 
     # ----- internals ----------------------------------------------------------------------------
     @functools.cached_property
+    def _text_start_ids(self) -> torch.Tensor:
+        """Ids of tokens that cannot begin an indented body line: end-of-text, and tokens not starting with a space or tab."""
+        bad = [i for i in range(len(self.tokenizer)) if not self._decode([i]).startswith((" ", "\t"))]
+        return torch.tensor(sorted(set(bad) | set(self.eos_ids)), dtype=torch.long, device=self.device)
+
+    def _mask_bodyless(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+        """`require_body`: rows whose body has no text yet and stand at a line start may only indent (never end)."""
+        waiting = [k for k, row in enumerate(rows)
+                   if not row.done and row.prompt.endswith("\n") and not row.text.strip() and (not row.text or row.text.endswith("\n"))]
+        if waiting:
+            idx = torch.tensor(waiting, device=logits.device)
+            logits[idx[:, None], self._text_start_ids[None, :]] = float("-inf")
+        return logits
+
+    @functools.cached_property
     def _cache_kwarg(self) -> str:
         """The forward argument that takes the KV cache: `cache` in transformers >= 5.2x, `past_key_values` before."""
         params = inspect.signature(self.model.forward).parameters
@@ -204,6 +219,8 @@ class LMGenerator:
         eos = torch.tensor(self.eos_ids, device=device)
         for step in range(max_new):
             logits = out.logits[:, -1, :].float()  # (B_live, V)
+            if cfg.require_body:
+                logits = self._mask_bodyless(logits, [rows[r] for r in live])
             tok = _sample(logits, cfg, gen)  # (B_live,)
             logp = torch.log_softmax(logits, -1).gather(-1, tok[:, None]).squeeze(-1)
             is_eos = torch.isin(tok, eos)

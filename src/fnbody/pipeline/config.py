@@ -76,6 +76,7 @@ class EvalStage:
     max_new_tokens: int = field(default=256, metadata={"help": "generation cap"})
     batch_size: int = field(default=8, metadata={"help": "generation batch"})
     timeout: float = field(default=10.0, metadata={"help": "seconds per HumanEval program"})
+    require_body: bool = field(default=False, metadata={"help": "transformers never end before a body line has begun"})
 
 
 @dataclass

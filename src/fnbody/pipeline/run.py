@@ -120,7 +120,7 @@ def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
             lambda resume, name=name, run=run, ev=ev: [task_cmd(
                 "evaluate_generator", run=str(run), corpus=str(corpus), out=str(ev), name=name,
                 bleu_samples=e.bleu_samples, humaneval_problems=e.humaneval_problems, max_new_tokens=e.max_new_tokens,
-                batch_size=e.batch_size, timeout=e.timeout, seed=cfg.seed, device=dev)],
+                batch_size=e.batch_size, timeout=e.timeout, seed=cfg.seed, device=dev, require_body=e.require_body)],
             outputs=[ev / "summary.json"], deps=["corpus", dep], workdir=None,  # generation resumes from its .partial files
         ))
 
@@ -142,7 +142,7 @@ def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
                          plain=str(out / "eval" / target), out=str(aug), name=target, rag_k=a.rag_k,
                          rag_budget_tokens=a.rag_budget_tokens, checked_n=a.checked_n, checked_temperature=a.checked_temperature, combined=a.combined,
                          bleu_samples=e.bleu_samples, humaneval_problems=e.humaneval_problems, max_new_tokens=e.max_new_tokens,
-                         batch_size=e.batch_size, timeout=e.timeout, seed=cfg.seed, device=dev)],
+                         batch_size=e.batch_size, timeout=e.timeout, seed=cfg.seed, device=dev, require_body=e.require_body)],
             outputs=[aug / "summary.json"], deps=["corpus", "search-nbow", f"eval-{target}"], workdir=None,
         ))
 

@@ -15,15 +15,21 @@ from fnbody.errors import FnbodyError
 from fnbody.io import write_json
 
 
-def _decoding(max_new_tokens: int, batch_size: int, seed: int):
+def _is_lm(gen) -> bool:
+    from fnbody.generate.lm import LMGenerator
+
+    return isinstance(gen, LMGenerator)
+
+
+def _decoding(max_new_tokens: int, batch_size: int, seed: int, require_body: bool = False):
     from fnbody.generate.base import GenerationConfig
 
-    return GenerationConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    return GenerationConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, require_body=require_body)
 
 
 def evaluate_generator(run: str, corpus: str, out: str, name: str, bleu_samples: int = 1000, humaneval_problems: int = 0,
                        max_new_tokens: int = 256, batch_size: int = 8, timeout: float = 10.0, seed: int = 0,
-                       device: str = "auto", novelty_train: int = 20000) -> dict:
+                       device: str = "auto", novelty_train: int = 20000, require_body: bool = False) -> dict:
     """Generate for the corpus test split and HumanEval with one model, score everything, write summary.json.
 
     Generation is greedy (the report's setting) and resumable; every metric carries its signature.
@@ -41,9 +47,10 @@ def evaluate_generator(run: str, corpus: str, out: str, name: str, bleu_samples:
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = _decoding(max_new_tokens, batch_size, seed)
     gen = load_generator(run, device=device)
-    summary: dict = {"model": name, "run": run, "generator": gen.name, "decoding": f"greedy|max_new_tokens:{max_new_tokens}|seed:{seed}"}
+    require_body = require_body and _is_lm(gen)  # only transformers implement it; the signature says what ran
+    cfg = _decoding(max_new_tokens, batch_size, seed, require_body)
+    summary: dict = {"model": name, "run": run, "generator": gen.name, "decoding": f"greedy|max_new_tokens:{max_new_tokens}|seed:{seed}{'|require_body' if require_body else ''}"}
 
     # --- the corpus test split: BLEU family, syntax, novelty -------------------------------------
     t0 = time.perf_counter()
@@ -84,7 +91,8 @@ def evaluate_generator(run: str, corpus: str, out: str, name: str, bleu_samples:
 def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, name: str, rag_k: int = 2,
                        rag_budget_tokens: int = 0, checked_n: int = 8, checked_temperature: float = 0.8,
                        bleu_samples: int = 1000, humaneval_problems: int = 0, max_new_tokens: int = 256, batch_size: int = 8,
-                       timeout: float = 10.0, seed: int = 0, device: str = "auto", combined: bool = False) -> dict:
+                       timeout: float = 10.0, seed: int = 0, device: str = "auto", combined: bool = False,
+                       require_body: bool = False) -> dict:
     """Beyond the report: BLEU and pass@1 with retrieval, and pass@1 of the execution-checked top candidate.
 
     With `combined`, HumanEval is also scored for both at once: N candidates sampled with retrieved
@@ -108,11 +116,12 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
     out_dir, plain_dir = Path(out), Path(plain)
     out_dir.mkdir(parents=True, exist_ok=True)
     base_summary = read_json(plain_dir / "summary.json")
-    cfg = _decoding(max_new_tokens, batch_size, seed)
     gen = load_generator(run, device=device)
+    require_body = require_body and _is_lm(gen)  # only transformers implement it; the signature says what ran
+    cfg = _decoding(max_new_tokens, batch_size, seed, require_body)
     idx = SearchIndex.load(index)
     summary: dict = {"model": name, "run": run, "index": {k: idx.info.get(k) for k in ("run", "encoder", "count", "source")},
-                     "decoding": f"greedy|max_new_tokens:{max_new_tokens}|seed:{seed}"}
+                     "decoding": f"greedy|max_new_tokens:{max_new_tokens}|seed:{seed}{'|require_body' if require_body else ''}"}
 
     # --- retrieval on the corpus test split: the same rows as the plain evaluation -------------------
     rows = load_prompts(corpus, split="test", max_samples=bleu_samples or None)

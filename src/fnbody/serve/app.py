@@ -75,6 +75,7 @@ class ServeSettings:
     queue_size: int = field(default=32, metadata={"help": "requests waiting for the model before 429"})
     search_queue_size: int = field(default=32, metadata={"help": "search requests waiting before 429"})
     request_timeout_s: float = field(default=120.0, metadata={"help": "wall-clock limit per request, queue wait included"})
+    require_body: bool = field(default=False, metadata={"help": "every completion begins a body line before it may end (GenerationConfig.require_body)"})
 
     def __post_init__(self) -> None:
         for name in ("max_tokens_cap", "default_max_tokens", "max_n", "max_prompts", "max_k", "max_body_bytes",
@@ -307,7 +308,7 @@ def create_app(generator: Generator, search_index: SearchIndex | None = None,
             raise APIError(400, "stop: stop strings must be non-empty", param="stop")
         seed = req.seed if req.seed is not None else (secrets.randbelow(2**31) if req.temperature > 0 else 0)
         cfg = GenerationConfig(n=req.n, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
-                               max_new_tokens=max_tokens, batch_size=req.n, seed=seed, stop=tuple(stop))
+                               max_new_tokens=max_tokens, batch_size=req.n, seed=seed, stop=tuple(stop), require_body=settings.require_body)
         return prompts, cfg
 
     def _submit(worker: Worker, fn) -> Job:
