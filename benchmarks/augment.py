@@ -45,6 +45,8 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=160)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--require-body", action="store_true", help="never end before a body line (GenerationConfig.require_body)")
+    ap.add_argument("--he-configs", default="greedy,rag-greedy,checked", help="HumanEval settings to run, comma-separated")
     ap.add_argument("--out", default="/tmp/fnbody-augment-bench/results.json")
     args = ap.parse_args()
 
@@ -68,7 +70,7 @@ def main() -> int:
     gen = load_model(args.model)
     params = sum(p.numel() for p in gen.model.parameters())
     res["model"] = {"name": gen.name, "parameters": params}
-    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, require_body=args.require_body)
 
     def timed(fn):
         t0 = time.perf_counter()
@@ -96,12 +98,15 @@ def main() -> int:
     prompts = [problems[i]["prompt"] for i in ids]
     he = {"problems": f"HumanEval first {len(ids)} of 164" if len(ids) < 164 else "HumanEval all 164"}
     checked = ExecutionCheckedGenerator(gen, n_candidates=args.checked, temperature=args.temperature)
-    for name, g in (("greedy", gen), ("rag-greedy", RetrievalAugmentedGenerator(gen, index, k=args.rag_k)), (f"checked-{args.checked}", checked)):
+    wanted = args.he_configs.split(",")
+    settings = [(name, g) for key, name, g in (("greedy", "greedy", gen), ("rag-greedy", "rag-greedy", RetrievalAugmentedGenerator(gen, index, k=args.rag_k)),
+                                               ("checked", f"checked-{args.checked}", checked)) if key in wanted]
+    for name, g in settings:
         outs, secs = timed(lambda g=g: g.generate(prompts, cfg))
         summary, _ = evaluate_functional_correctness([{"task_id": i, "completion": o[0].text} for i, o in zip(ids, outs)], subset, ks=(1,), timeout=5.0)
         he[name] = {"pass@1": summary["pass@1"], "passed": round(summary["pass@1"] * len(ids)), "seconds": secs, "signature": summary["signature"]}
         print(f"HumanEval {name}: {he[name]}", file=sys.stderr, flush=True)
-    cands = checked.last_candidates
+    cands = checked.last_candidates if "checked" in wanted else []
     he["checked_diagnostics"] = {
         "with_doctests": sum(1 for c in cands if c and c[0].doctests),
         "some_candidate_passes_doctests": sum(1 for c in cands if any(x.passed for x in c)),
@@ -117,7 +122,7 @@ def main() -> int:
     print(f"test BLEU (n={len(rows)}): plain {p['bleu']:.2f} -> rag {r['bleu']:.2f} ({r['bleu'] / max(p['bleu'], 1e-9) - 1:+.1%}); "
           f"seed-BLEU {p['seed-bleu']:.4f} -> {r['seed-bleu']:.4f} ({r['seed-bleu'] / max(p['seed-bleu'], 1e-9) - 1:+.1%}); "
           f"own-repo hits {leaks}  [target >= +10%]")
-    for name in ("greedy", "rag-greedy", f"checked-{args.checked}"):
+    for name, _ in settings:
         print(f"{he['problems']}: {name} pass@1 {he[name]['pass@1']:.3f} ({he[name]['passed']}/{len(ids)}) in {he[name]['seconds']}s")
     print(f"checked diagnostics: {he['checked_diagnostics']}  [target pass@1 >= 0.083]")
     print(f"results: {args.out}")
