@@ -249,12 +249,11 @@ def test_real_smollm2_greedy_matches_plain_generate(monkeypatch):
     monkeypatch.delenv("FNBODY_CACHE")
     init = resolve_init("smollm2")
     model, tok = init.model.eval(), init.tokenizer
-    prompt = 'def add(a: int, b: int) -> int:\n    """Return the sum of a and b.\n    >>> add(2, 3)\n    5\n    """\n    '
-    [[ours]] = LMGenerator(model, tok).generate([prompt], GenerationConfig(max_new_tokens=24, batch_size=1), ignore_end=True)
+    prompt = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    if n <'  # mid-line: the Instruct model writes code
+    [[ours]] = LMGenerator(model, tok).generate([prompt], GenerationConfig(max_new_tokens=40, batch_size=1), ignore_end=True)
     ids = torch.tensor([[tok.eos_token_id, *tok(prompt, add_special_tokens=False)["input_ids"]]])
     with torch.inference_mode():
         plain = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=ours.num_tokens, do_sample=False,
                                pad_token_id=tok.eos_token_id)
     text = tok.decode(plain[0, ids.shape[1]:].tolist(), skip_special_tokens=True)
-    print(repr(ours.text), ours.num_tokens)
-    assert ours.num_tokens > 0 and text.startswith(ours.text)
+    assert ours.num_tokens >= 10 and ours.text.strip() and text.startswith(ours.text)
