@@ -76,11 +76,11 @@ cp "$W/lm/metrics.jsonl" "$OUT/lm_metrics.jsonl" 2>/dev/null
 cp "$W/lm/curves.png" "$OUT/lm_curves.png" 2>/dev/null || cp "$(ls "$W"/lm/*.png 2>/dev/null | head -1)" "$OUT/lm_curves.png" 2>/dev/null
 
 # 4. Evaluation: plain, then retrieval / checked / both.
-EVAL="{\"run\": \"$W/lm\", \"corpus\": \"$CORPUS\", \"out\": \"$W/eval\", \"name\": \"smollm2-rag-ft\", \"bleu_samples\": $BLEU_N, \"humaneval_problems\": $HE_N, \"max_new_tokens\": $NEW, \"batch_size\": $BATCH, \"timeout\": 10.0, \"device\": \"$DEV\"}"
+EVAL="{\"run\": \"$W/lm\", \"corpus\": \"$CORPUS\", \"out\": \"$W/eval\", \"name\": \"smollm2-rag-ft\", \"bleu_samples\": $BLEU_N, \"humaneval_problems\": $HE_N, \"max_new_tokens\": $NEW, \"batch_size\": $BATCH, \"timeout\": 10.0, \"device\": \"$DEV\", \"require_body\": true}"
 timeout 300 "$PY" -m fnbody.pipeline.tasks evaluate_generator "$EVAL"
 say "eval: rc $?"
 cp "$W/eval/summary.json" "$OUT/eval_summary.json" 2>/dev/null
-AUG="{\"run\": \"$W/lm\", \"corpus\": \"$CORPUS\", \"index\": \"$W/index\", \"plain\": \"$W/eval\", \"out\": \"$W/augment\", \"name\": \"smollm2-rag-ft\", \"rag_k\": 2, \"checked_n\": $CHECK_N, \"checked_temperature\": 0.8, \"bleu_samples\": $BLEU_N, \"humaneval_problems\": $HE_N, \"max_new_tokens\": $NEW, \"batch_size\": $BATCH, \"timeout\": 10.0, \"device\": \"$DEV\", \"combined\": true}"
+AUG="{\"run\": \"$W/lm\", \"corpus\": \"$CORPUS\", \"index\": \"$W/index\", \"plain\": \"$W/eval\", \"out\": \"$W/augment\", \"name\": \"smollm2-rag-ft\", \"rag_k\": 2, \"checked_n\": $CHECK_N, \"checked_temperature\": 0.8, \"bleu_samples\": $BLEU_N, \"humaneval_problems\": $HE_N, \"max_new_tokens\": $NEW, \"batch_size\": $BATCH, \"timeout\": 10.0, \"device\": \"$DEV\", \"combined\": true, \"require_body\": true}"
 timeout 420 "$PY" -m fnbody.pipeline.tasks evaluate_augmented "$AUG"
 say "augment: rc $?"
 cp "$W/augment/summary.json" "$OUT/augment_summary.json" 2>/dev/null
