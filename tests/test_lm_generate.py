@@ -5,7 +5,7 @@ import torch
 
 from fnbody.errors import FnbodyError
 from fnbody.generate.base import GenerationConfig
-from fnbody.generate.lm import LMGenerator, _sample
+from fnbody.generate.lm import LMGenerator, _sample, body_indent
 from lm_helpers import TINY_TEXTS, ScriptedLM
 
 PROMPT = 'def add(a, b):\n    """Add."""\n'
@@ -174,7 +174,19 @@ def test_require_body_forbids_ending_before_the_body(tokenizer):
     [[plain]] = gen.generate([PROMPT], GenerationConfig(max_new_tokens=8))
     assert plain.text == "" and plain.num_tokens == 1 and plain.finish_reason == "stop"
     [[forced]] = gen.generate([PROMPT], GenerationConfig(max_new_tokens=8, require_body=True))
-    assert forced.num_tokens >= 2 and forced.text[:1] in (" ", "\t")  # an indentation token first, then the end
+    # the body's indentation (the docstring's), then code, and only then may it end
+    assert forced.num_tokens >= 2 and forced.text.startswith("    ") and not forced.text[4].isspace()
+    # A comment is not a body: the row must go on to a line of code before it may end.
+    commenting = scripted(tokenizer, "    # hi\n", eos=True)
+    [[c]] = commenting.generate([PROMPT], GenerationConfig(max_new_tokens=24, require_body=True))
+    assert c.text.startswith("    # hi\n    ") and c.text.split("\n")[1].strip()
     # Mid-line prompts have begun their body already: nothing is masked.
     [[mid]] = gen.generate([PROMPT + "    return"], GenerationConfig(max_new_tokens=8, require_body=True))
     assert mid.num_tokens == 1
+
+
+def test_body_indent_follows_the_docstring_else_four_spaces():
+    assert body_indent(PROMPT) == "    "
+    assert body_indent('class A:\n  def f(self):\n     """Odd indent."""\n') == "     "
+    assert body_indent("def f(x):\n") == "    "
+    assert body_indent("    def g():\n") == " " * 8

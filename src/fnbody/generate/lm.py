@@ -142,18 +142,36 @@ class LMGenerator:
 
     # ----- internals ----------------------------------------------------------------------------
     @functools.cached_property
-    def _text_start_ids(self) -> torch.Tensor:
-        """Ids of tokens that cannot begin an indented body line: end-of-text, and tokens not starting with a space or tab."""
-        bad = [i for i in range(len(self.tokenizer)) if not self._decode([i]).startswith((" ", "\t"))]
-        return torch.tensor(sorted(set(bad) | set(self.eos_ids)), dtype=torch.long, device=self.device)
+    def _token_texts(self) -> list[str]:
+        """Every vocabulary entry's text, for `require_body`'s masks (decoded once per generator)."""
+        return [self._decode([i]) for i in range(len(self.tokenizer))]
+
+    @functools.lru_cache(maxsize=64)
+    def _indent_mask(self, indent: str, line: str) -> torch.Tensor:
+        """(V,) True for tokens that may follow `line` (whitespace so far) when the body's first line must open at `indent`.
+
+        Allowed: more of the indentation (`line + text` a prefix of `indent`), or the rest of it followed by code
+        (`line + text` = `indent` + a non-blank character ...). Never end-of-text, never a blank or shallower line.
+        """
+        banned = torch.ones(len(self._token_texts), dtype=torch.bool)
+        for i, text in enumerate(self._token_texts):
+            full = line + text
+            if full and ((len(full) <= len(indent) and indent.startswith(full)) or
+                         (full.startswith(indent) and len(full) > len(indent) and not full[len(indent)].isspace())):
+                banned[i] = False
+        banned[self.eos_ids] = True
+        return banned.to(self.device)
 
     def _mask_bodyless(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
-        """`require_body`: rows whose body has no text yet and stand at a line start may only indent (never end)."""
-        waiting = [k for k, row in enumerate(rows)
-                   if not row.done and row.prompt.endswith("\n") and not row.text.strip() and (not row.text or row.text.endswith("\n"))]
-        if waiting:
-            idx = torch.tensor(waiting, device=logits.device)
-            logits[idx[:, None], self._text_start_ids[None, :]] = float("-inf")
+        """`require_body`: until the body has a line of code (comments don't count), a row at a line start may only
+        indent to the body's level and begin a line there."""
+        for k, row in enumerate(rows):
+            if row.done or not row.prompt.endswith("\n"):
+                continue
+            line = row.text.rsplit("\n", 1)[-1]
+            if line.strip() or any(ln.strip() and not ln.lstrip().startswith("#") for ln in row.text.splitlines()):
+                continue  # a line is underway, or the body already has code
+            logits[k].masked_fill_(self._indent_mask(body_indent(row.prompt), line), float("-inf"))
         return logits
 
     @functools.cached_property
@@ -331,6 +349,14 @@ class LMGenerator:
 # MLP output projections see activation outliers that per-tensor int8 activations cannot hold
 # (SmolLM2-135M: valid NLL 1.08 -> 1.92 with them quantized, 1.19 without); lm_head is tied to the embedding.
 INT8_SKIP = ("down_proj", "c_proj", "lm_head")
+
+
+def body_indent(prompt: str) -> str:
+    """The indentation the body of `prompt` (ending at a line end) must open with: its docstring's, else the def's + 4 spaces."""
+    lines = [ln for ln in prompt.splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    own = last[:len(last) - len(last.lstrip())]
+    return own if len(own.expandtabs(8)) > def_indent(prompt) else " " * (def_indent(prompt) + 4)
 
 
 def _transformers_version() -> str:
