@@ -185,6 +185,14 @@ def test_require_body_forbids_ending_before_the_body(tokenizer):
     assert mid.num_tokens == 1
 
 
+def test_require_body_mask_never_bans_every_token(tokenizer):
+    """Whitespace deeper than the body's indentation (reachable after a comment line) cannot be repaired: only ending is banned."""
+    gen = scripted(tokenizer, "", eos=True)
+    deep = gen._indent_mask("    ", " " * 7)
+    assert not bool(deep.all()) and bool(deep[gen.eos_ids].all())
+    assert int((~gen._indent_mask("    ", "")).sum()) > 0
+
+
 def test_body_indent_follows_the_docstring_else_four_spaces():
     assert body_indent(PROMPT) == "    "
     assert body_indent('class A:\n  def f(self):\n     """Odd indent."""\n') == "     "

@@ -160,6 +160,11 @@ class LMGenerator:
                          (full.startswith(indent) and len(full) > len(indent) and not full[len(indent)].isspace())):
                 banned[i] = False
         banned[self.eos_ids] = True
+        if bool(banned.all()):
+            # The line's whitespace no longer fits the body's indentation (a token such as "\n" + 8 spaces ended a
+            # comment line): no token can repair it, so only forbid ending.
+            banned = torch.zeros_like(banned)
+            banned[self.eos_ids] = True
         return banned.to(self.device)
 
     def _mask_bodyless(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
