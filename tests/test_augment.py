@@ -263,3 +263,19 @@ def test_rag_fraction_picks_a_stable_share_of_training_functions():
     assert all(with_context(r, 1.0) for r in recs[:50])
     with pytest.raises(ValueError, match="rag_fraction"):
         LMDataConfig(rag_fraction=0.0)
+
+
+def test_rag_fraction_contexts_only_for_chosen_functions(real_index):
+    from fnbody.commands.lm import LMDataConfig, _rag_contexts, with_context
+    from fnbody.corpus.io import read_split
+    from fnbody.tokens.byte_bpe import train_byte_bpe
+
+    corpus, _, index, _ = real_index
+    records = read_split(corpus, "train")
+    tok = train_byte_bpe([r["prompt"] + r["body"] for r in records], vocab_size=300, min_frequency=1)
+    contexts, key = _rag_contexts(LMDataConfig(rag_index=str(index), rag_k=1, rag_fraction=0.5, block_size=512), tok)
+    got = contexts(records)
+    chosen = [with_context(r, 0.5) for r in records]
+    assert "fraction:0.5" in key and 0 < sum(chosen) < len(records)
+    assert all(c == "" for c, keep in zip(got, chosen) if not keep)
+    assert any(c for c, keep in zip(got, chosen) if keep)

@@ -175,8 +175,12 @@ def _rag_contexts(data: LMDataConfig, tokenizer):
     key = f"rag|index:{index.info['model_fingerprint'][:16]}|count:{len(index)}|k:{data.rag_k}|budget:{budget}|fraction:{data.rag_fraction:g}"
 
     def contexts(records):
-        return [c if with_context(r, data.rag_fraction) else ""
-                for r, c in zip(records, training_contexts(records, index, data.rag_k, fits))]
+        # Retrieve only for the functions that get context: retrieval is the slow part of tokenising.
+        chosen = [i for i, r in enumerate(records) if with_context(r, data.rag_fraction)]
+        out = [""] * len(records)
+        for i, c in zip(chosen, training_contexts([records[i] for i in chosen], index, data.rag_k, fits)):
+            out[i] = c
+        return out
 
     return contexts, key
 

@@ -146,13 +146,19 @@ class LMGenerator:
         """Every vocabulary entry's text, for `require_body`'s masks (decoded once per generator)."""
         return [self._decode([i]) for i in range(len(self.tokenizer))]
 
-    @functools.lru_cache(maxsize=64)
+    @functools.cached_property
+    def _indent_masks(self) -> dict[tuple[str, str], torch.Tensor]:
+        """`_indent_mask` results per (indent, line): few distinct pairs occur, each costs a pass over the vocabulary."""
+        return {}
+
     def _indent_mask(self, indent: str, line: str) -> torch.Tensor:
         """(V,) True for tokens that may follow `line` (whitespace so far) when the body's first line must open at `indent`.
 
         Allowed: more of the indentation (`line + text` a prefix of `indent`), or the rest of it followed by code
         (`line + text` = `indent` + a non-blank character ...). Never end-of-text, never a blank or shallower line.
         """
+        if (indent, line) in self._indent_masks:
+            return self._indent_masks[indent, line]
         banned = torch.ones(len(self._token_texts), dtype=torch.bool)
         for i, text in enumerate(self._token_texts):
             full = line + text
@@ -165,7 +171,8 @@ class LMGenerator:
             # comment line): no token can repair it, so only forbid ending.
             banned = torch.zeros_like(banned)
             banned[self.eos_ids] = True
-        return banned.to(self.device)
+        self._indent_masks[indent, line] = banned = banned.to(self.device)
+        return banned
 
     def _mask_bodyless(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
         """`require_body`: until the body has a line of code (comments don't count), a row at a line start may only
