@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fnbody.augment.checked import Candidate, ExecutionCheckedGenerator, doctest_examples, rank_candidates
+from fnbody.augment.checked import Candidate, ExecutionCheckedGenerator, call_examples, doctest_examples, doctest_program, rank_candidates
 from fnbody.augment.prompt import function_name, prompt_docstring, query_text
 from fnbody.augment.rag import RetrievalAugmentedGenerator, build_context, training_contexts
 from fnbody.cli import main
@@ -170,6 +170,43 @@ def test_doctest_passing_candidate_outranks_higher_logprob_and_unparsable_is_dro
     assert ranked[0].passed is True and ranked[0].status == "passed" and ranked[0].doctests == 1
     assert ranked[1].passed is False and ranked[2].parses is False and "SyntaxError" in ranked[2].syntax_error
     assert "".join(gen.stream(ADD, GenerationConfig())) == "    return a + b\n"
+
+
+FLY = '''def will_it_fly(q, w):
+    """True when q is balanced and light enough.
+
+    Example:
+    will_it_fly([1, 2], 5) ➞ False
+    will_it_fly([3, 2, 3], 9) => true
+    * will_it_fly([3], 5) should return True.
+    will_it_fly(q, 5) == True
+    will_it_fly([3], 5) -> 19 - 5 = 8
+    helper(3) == 4
+    area(3) returns 6.00  # wrong name: skipped
+    """
+'''
+
+
+def test_call_examples_read_informal_one_line_forms():
+    assert call_examples(FLY) == [("will_it_fly([1, 2], 5)", False), ("will_it_fly([3, 2, 3], 9)", True),
+                                  ("will_it_fly([3], 5)", True)]  # non-literal args, prose values and other names skipped
+    assert call_examples('def f(x):\n    """f(2) returns [1, 5] # the odd ones\n    f(1.5) == 0.30"""\n') == [("f(2)", [1, 5]), ("f(1.5)", 0.3)]
+    assert call_examples(ADD) == [] or doctest_examples(ADD)  # doctest prompts are checked by doctest
+
+
+def test_call_examples_are_checked_in_the_sandbox():
+    good = "    return q == q[::-1] and sum(q) <= w\n"
+    prog = doctest_program(FLY, good)
+    assert prog is not None and "_fnbody_check_examples" in prog
+    cands = [Completion("    return True\n", mean_logprob=-0.1), Completion(good, mean_logprob=-0.8)]
+    gen = ExecutionCheckedGenerator(FixedGenerator(cands), n_candidates=2, include_greedy=False)
+    out = gen.generate([FLY], GenerationConfig(n=1))
+    assert out[0][0].text == good
+    ranked = gen.last_candidates[0]
+    assert ranked[0].passed is True and ranked[0].doctests == 3 and ranked[1].passed is False
+    assert "docstring examples failed" in ranked[1].reason
+    float_fn = 'def area(a):\n    """area(3) == 6.00"""\n'
+    assert doctest_program(float_fn, "    return 3 * 2.0000000001\n") is not None
 
 
 def test_without_doctests_ranking_is_by_logprob():

@@ -2,15 +2,20 @@
 
 For each prompt: the greedy body plus N-1 sampled ones (or N sampled ones), duplicates merged;
 candidates whose `prompt + body` does not parse are dropped; when the prompt's docstring has
-doctest examples (`>>>`), each remaining candidate runs them in the sandbox
-(`fnbody.evaluate.execution`, never in this process); candidates that pass come first, then the
-rest, each group by mean log-probability. Only the docstring's own examples are used: the hidden
-tests of a benchmark are never seen. When no candidate parses, the best unparsable one is
+examples, each remaining candidate runs them in the sandbox (`fnbody.evaluate.execution`, never
+in this process); candidates that pass come first, then the rest, each group by mean
+log-probability. Examples are doctests (`>>>`) or, in a docstring without doctests, the
+informal one-line forms docstrings also use: `f(1, 2) == 3`, `f(1, 2) => 3`, `f(x) ➞ y`,
+`f(x) -> y`, `f(x) returns y`, `f(x) should return y`, `f(x) = y`, when both the arguments
+and the expected value are Python literals (`true`/`false` read as booleans). Only the
+docstring's own examples are used: the hidden tests of a benchmark are never seen. When no candidate parses, the best unparsable one is
 returned (flagged in the diagnostics) so every prompt still gets an answer.
 """
 
 from __future__ import annotations
 
+import ast
+import re
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -31,6 +36,85 @@ def _fnbody_run_doctests(doc):
 '''
 
 
+# Assertions for the informal examples; a float result is compared with a small tolerance.
+_CALL_HARNESS = '''
+
+def _fnbody_check_examples(cases):
+    import math
+    failed = []
+    for call, want in cases:
+        try:
+            got = eval(call, dict(globals()))
+        except Exception as e:
+            failed.append(f"{call} raised {type(e).__name__}")
+            continue
+        if isinstance(want, float) and isinstance(got, (int, float)):
+            same = math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-6)
+        else:
+            same = got == want
+        if not same:
+            failed.append(f"{call} != {want!r}")
+    if failed:
+        raise AssertionError(f"{len(failed)} of {len(cases)} docstring examples failed: " + "; ".join(failed[:3]))
+
+'''
+
+_OP_RE = re.compile(r"\s*#?\s*(==>|==|=>|➞|->|→|should\s+return|returns?|=)\s*", re.IGNORECASE)
+_BOOL_WORDS = {"true": "True", "false": "False"}
+
+
+def _literal(src: str) -> tuple[bool, object]:
+    """(True, value) when `src` is a Python literal (`true`/`false` accepted), else (False, None)."""
+    src = _BOOL_WORDS.get(src.strip(), src.strip())
+    try:
+        return True, ast.literal_eval(src)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return False, None
+
+
+def _call_at(line: str, start: int, name: str) -> int | None:
+    """End offset of the shortest `name(...)` starting at `start` that parses as a call with literal arguments."""
+    for end in (i + 1 for i, ch in enumerate(line) if i > start and ch == ")"):
+        try:
+            node = ast.parse(line[start:end], mode="eval").body
+        except SyntaxError:
+            continue
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == name):
+            return None
+        try:
+            for arg in [*node.args, *(k.value for k in node.keywords)]:
+                ast.literal_eval(arg)
+        except (ValueError, SyntaxError, TypeError):
+            return None
+        return end
+    return None
+
+
+def call_examples(prompt: str) -> list[tuple[str, object]]:
+    """(call source, expected value) of each one-line `name(args) OP value` example in the docstring of the prompt's function.
+
+    Only calls of the function being written with literal arguments, and a literal expected value, count;
+    anything else on such a line (prose, a worked sum, a trailing comment the value cannot absorb) skips it.
+    """
+    from fnbody.augment.prompt import function_name, prompt_docstring
+
+    name = function_name(prompt)
+    out: list[tuple[str, object]] = []
+    for line in prompt_docstring(prompt).splitlines():
+        for m in re.finditer(rf"(?<![\w.]){re.escape(name)}\s*\(", line):
+            end = _call_at(line, m.start(), name)
+            op = _OP_RE.match(line, end) if end is not None else None
+            if op is None:
+                continue
+            rest = line[op.end():].strip()
+            for want_src in (rest, rest.split(" #", 1)[0], rest.rstrip(".,;").strip(), rest.split(" #", 1)[0].rstrip(".,;").strip()):
+                ok, want = _literal(want_src)
+                if ok and want_src:
+                    out.append((line[m.start():end], want))
+                    break
+    return out
+
+
 def doctest_examples(prompt: str) -> list[tuple[str, str]]:
     """(source, expected output) of each `>>>` example in the prompt's docstring, via the stdlib doctest parser."""
     import doctest
@@ -44,13 +128,21 @@ def doctest_examples(prompt: str) -> list[tuple[str, str]]:
         return []
 
 
+def example_count(prompt: str) -> int:
+    """How many of the docstring's examples a candidate is checked against: its doctests, else its one-line call examples."""
+    return len(doctest_examples(prompt)) or len(call_examples(prompt))
+
+
 def doctest_program(prompt: str, body: str) -> str | None:
-    """The program that checks `body` against the prompt's doctests; None when there are none."""
+    """The program that checks `body` against the docstring's examples (doctests, else call examples); None when there are none."""
     from fnbody.augment.prompt import prompt_docstring
 
-    if not doctest_examples(prompt):
+    if doctest_examples(prompt):
+        return prompt + body + _HARNESS + f"_fnbody_run_doctests({prompt_docstring(prompt)!r})\n"
+    cases = call_examples(prompt)
+    if not cases:
         return None
-    return prompt + body + _HARNESS + f"_fnbody_run_doctests({prompt_docstring(prompt)!r})\n"
+    return prompt + body + _CALL_HARNESS + f"_fnbody_check_examples({cases!r})\n"
 
 
 @dataclass
@@ -64,7 +156,7 @@ class Candidate:
     source: str  # "greedy" or "sample"
     parses: bool = True
     syntax_error: str | None = None
-    doctests: int = 0  # examples in the docstring (0: nothing to run)
+    doctests: int = 0  # docstring examples checked (doctests, else one-line call examples; 0: nothing to run)
     status: str = "not run"  # sandbox status, or "not run"
     reason: str = ""
     passed: bool | None = None  # None when not run
@@ -143,7 +235,7 @@ class ExecutionCheckedGenerator:
 
         jobs: list[tuple[Candidate, str]] = []
         for prompt, cands in zip(prompts, candidates):
-            n_examples = len(doctest_examples(prompt))
+            n_examples = example_count(prompt)
             for c in cands:
                 c.syntax_error = syntax_error(prompt + c.text)
                 c.parses = c.syntax_error is None
