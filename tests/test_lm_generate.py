@@ -146,6 +146,7 @@ def test_older_cache_argument_name_and_a_model_that_drops_the_cache():
 
     tok = train_byte_bpe(TINY_TEXTS, vocab_size=300, min_frequency=1)
     inner = _tiny_llama(len(tok))
+    inner_kwarg = LMGenerator(inner, tok)._cache_kwarg  # whatever the installed transformers calls it
 
     class OldNaming(torch.nn.Module):
         def __init__(self):
@@ -153,8 +154,8 @@ def test_older_cache_argument_name_and_a_model_that_drops_the_cache():
             self.inner, self.config = inner, inner.config
 
         def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None, logits_to_keep=0, **kw):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=past_key_values,
-                              use_cache=use_cache, logits_to_keep=logits_to_keep)
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache,
+                              logits_to_keep=logits_to_keep, **{inner_kwarg: past_key_values})
 
     class DropsCache(OldNaming):
         def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None, logits_to_keep=0, **kw):

@@ -159,14 +159,18 @@ def _context_length(model) -> int:
     return getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None) or 2048
 
 
-def _rag_contexts(data: LMDataConfig, tokenizer):
-    """(context_fn, cache key) for training with retrieved context, or (None, "") without an index."""
+def _rag_contexts(data: LMDataConfig, tokenizer, device: str = "cpu"):
+    """(context_fn, cache key) for training with retrieved context, or (None, "") without an index.
+
+    The index's query encoder runs on the training device: a pretrained encoder (MiniLM) embeds tens of
+    thousands of training docstrings, which a GPU does in seconds.
+    """
     if not data.rag_index:
         return None, ""
     from fnbody.augment.rag import training_contexts
     from fnbody.search.index import SearchIndex
 
-    index = SearchIndex.load(data.rag_index, device="cpu")
+    index = SearchIndex.load(data.rag_index, device=device)
     budget = data.rag_budget_tokens or data.block_size // 2
 
     def fits(text: str) -> bool:
@@ -248,7 +252,7 @@ def train_lm(corpus_dir: str | Path, out_dir: str | Path, cfg: LMRunConfig, *, r
             raise FnbodyError(f"data.block_size {cfg.data.block_size} exceeds the model's context of {context} tokens")
 
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else cache_root() / "lm-data"
-        context_fn, context_key = _rag_contexts(cfg.data, tokenizer)
+        context_fn, context_key = _rag_contexts(cfg.data, tokenizer, str(dist.device))
         splits = {}
         for rank_turn in (True, False):  # rank 0 tokenises and caches; then the others read the cache
             if dist.is_main == rank_turn:

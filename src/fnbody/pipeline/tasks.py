@@ -119,7 +119,9 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
     gen = load_generator(run, device=device)
     require_body = require_body and _is_lm(gen)  # only transformers implement it; the signature says what ran
     cfg = _decoding(max_new_tokens, batch_size, seed, require_body)
-    idx = SearchIndex.load(index)
+    from fnbody.train.distributed import resolve_device
+
+    idx = SearchIndex.load(index, device=str(resolve_device(device)))  # a pretrained query encoder wants the GPU too
     summary: dict = {"model": name, "run": run, "index": {k: idx.info.get(k) for k in ("run", "encoder", "count", "source")},
                      "decoding": f"greedy|max_new_tokens:{max_new_tokens}|seed:{seed}{'|require_body' if require_body else ''}"}
 
@@ -135,7 +137,7 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
         raise FnbodyError(f"{plain_dir}: plain samples lack {len(missing)} test rows (first {missing[0]!r}); rerun its evaluation")
     refs, codes = [r["body"] for r in rows], [r["code"] for r in rows]
     data_sig = f"data:{Path(corpus).name}/test|n:{len(rows)}"
-    sig = f"rag:k{rag_k}|index:nbow-train|exclude:own-repo"
+    sig = f"rag:k{rag_k}|index:{idx.info.get('encoder', 'unknown')}-{idx.info.get('count')}|exclude:own-repo"
     with_rag = bleu_report([got[r["task_id"]] for r in rows], refs, codes)["metrics"]
     without = bleu_report([plain_got[r["task_id"]] for r in rows], refs, codes)["metrics"]
     retrievals = rag.retrieve([r["prompt"] for r in rows], max_new_tokens)
@@ -170,11 +172,11 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
     return summary
 
 
-def evaluate_search_run(run: str, corpus: str, out: str, device: str = "cpu") -> dict:
-    """Score one search run by the CSN protocol (and on the real CSN sample) into a JSON file."""
-    from fnbody.search.evaluate import evaluate_search
+def evaluate_search_run(run: str, corpus: str, out: str, device: str = "cpu", csn_sample: str = "") -> dict:
+    """Score one search run by the CSN protocol (and on the real CSN sample, from `csn_sample` or its default folder) into a JSON file."""
+    from fnbody.search.evaluate import CSN_SAMPLE, evaluate_search
 
-    result = evaluate_search(run, corpus, device=device)
+    result = evaluate_search(run, corpus, device=device, csn_sample=csn_sample or CSN_SAMPLE)
     write_json(out, result)
     return result
 
