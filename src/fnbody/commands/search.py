@@ -58,6 +58,8 @@ def register(sub, groups) -> None:
     p.add_argument("-k", type=int, default=10, help="results to show (default 10)")
     p.add_argument("--run", help="refuse the index unless it was built with this run's model")
     p.add_argument("--json", action="store_true", help="print the records as JSON")
+    p.add_argument("--int8", action="store_true", help="embed the query with an int8 copy of the query encoder (CPU; ~2x faster "
+                                                        "for minilm, slightly different ranking; index vectors stay fp32)")
     p.set_defaults(func=cmd_query)
 
 
@@ -109,7 +111,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     from fnbody.search.index import SearchIndex
 
-    hits = SearchIndex.load(args.index, run=args.run).query(args.text, args.k)
+    hits = SearchIndex.load(args.index, run=args.run, quantize=args.int8).query(args.text, args.k)
     if args.json:
         print(json.dumps(hits, indent=2, ensure_ascii=False))
         return 0

@@ -65,10 +65,30 @@ def load_tokenizers(model_dir: str | Path, cfg) -> tuple:
     return SubwordVocab.load(model_dir / QUERY_VOCAB), SubwordVocab.load(model_dir / CODE_VOCAB), None
 
 
-class Embedder:
-    """Query and code encoders of a trained two-tower model, with their vocabularies; loaded once."""
+def quantize_linear_int8(module):
+    """A copy of `module` whose nn.Linear layers run dynamic int8 on CPU (per-output-channel weights, per-call input scale).
 
-    def __init__(self, model, query_vocab, code_vocab, model_dir: Path, fingerprint: str, device: str = "cpu") -> None:
+    For query encoding only: index vectors always come from the fp32 code tower, so quantization touches no stored vector.
+    """
+    import copy
+    import warnings
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():  # torch.ao's eager quantization warns that it is moving to torchao; it still works
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(copy.deepcopy(module), {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+
+
+class Embedder:
+    """Query and code encoders of a trained two-tower model, with their vocabularies; loaded once.
+
+    With `quantize`, queries are embedded by an int8 copy of the query tower (CPU only); code is always fp32.
+    """
+
+    def __init__(self, model, query_vocab, code_vocab, model_dir: Path, fingerprint: str, device: str = "cpu",
+                 quantize: bool = False) -> None:
         self.model = model
         self.query_vocab = query_vocab
         self.code_vocab = code_vocab
@@ -76,10 +96,15 @@ class Embedder:
         self.model_dir = model_dir
         self.fingerprint = fingerprint
         self.device = device
+        self.quantized = bool(quantize)
+        if self.quantized and str(device) != "cpu":
+            raise FnbodyError(f"int8 query encoding runs on the CPU only, not {device}")
+        # The towers may be one module (minilm shares them), so the int8 tower is a copy and code keeps fp32 weights.
+        self.query_encoder = quantize_linear_int8(model.query_encoder) if self.quantized else model.query_encoder
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: str = "cpu") -> "Embedder":
-        """Load a search run (or an index's model copy); FnbodyError naming any missing or wrong file."""
+    def load(cls, model_dir: str | Path, device: str = "cpu", *, quantize: bool = False) -> "Embedder":
+        """Load a search run (or an index's model copy); FnbodyError naming any missing or wrong file; `quantize`: int8 queries."""
         import torch
         from safetensors.torch import load_model
 
@@ -101,7 +126,7 @@ class Embedder:
         if missing or unexpected:
             raise FnbodyError(f"{wpath}: weights do not match the model config (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
         model.to(torch.device(device)).eval()
-        return cls(model, qv, cv, model_dir, model_fingerprint(model_dir), device)
+        return cls(model, qv, cv, model_dir, model_fingerprint(model_dir), device, quantize)
 
     @property
     def normalized(self) -> bool:
@@ -128,6 +153,13 @@ class Embedder:
         from fnbody.progress import progress
         from fnbody.search.data import pad_ids
 
+        def run(batch: list[list[int]]) -> np.ndarray:
+            v = encoder(pad_ids(batch).to(self.device))
+            return (torch.nn.functional.normalize(v, dim=-1) if self.normalized else v).float().cpu().numpy()
+
+        if len(ids) == 1:  # one query (the latency path): no sorting, batching or progress bar
+            with torch.inference_mode():
+                return run(ids)
         out = np.zeros((len(ids), self.dim), dtype=np.float32)
         batch_size = self.model.inference_batch(batch_size)
         # Sorting by length keeps padding (and so wasted work) small in each batch.
@@ -137,16 +169,13 @@ class Embedder:
         with torch.inference_mode():
             for s in bar:
                 idx = order[s:s + batch_size]
-                v = encoder(pad_ids([ids[i] for i in idx]).to(self.device))
-                if self.normalized:
-                    v = torch.nn.functional.normalize(v, dim=-1)
-                out[idx] = v.float().cpu().numpy()
+                out[idx] = run([ids[i] for i in idx])
         return out
 
     def embed_query_tokens(self, token_lists: Sequence[Sequence[str]], batch_size: int = 1000) -> np.ndarray:
         """(N, C) query vectors from docstring-token lists."""
         ids = self.query_vocab.encode_batch(token_lists, self.cfg.query_max_len)
-        return self._encode(self.model.query_encoder, ids, batch_size)
+        return self._encode(self.query_encoder, ids, batch_size)
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """(N, C) query vectors from free text; FnbodyError for an empty or stop-word-only query."""
