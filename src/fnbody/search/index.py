@@ -189,9 +189,11 @@ class Int8Prefilter:
         approx = self.approx(q)
         cut, cand = (t.numpy() for t in torch.topk(approx, m, dim=1))  # sorted: cut[:, -1] is the m-th best
         out = []
+        source = torch.from_numpy(self.source)
         for qi, rows, last in zip(q, cand, cut[:, -1]):
             rows = np.sort(rows)  # row order, so that top_k breaks ties by row as the full scan does
-            idx, val = top_k((self.source[rows] @ qi)[None], k)
+            # torch, not numpy: OpenBLAS threads spin after a call and would slow the next query's torch encoder
+            idx, val = top_k((source[torch.from_numpy(rows)] @ torch.from_numpy(qi)).numpy()[None], k)
             if last + self.bound(qi, q) < val[0, -1]:
                 out.append((rows[idx[0]], val[0]))
                 self.certified += 1
