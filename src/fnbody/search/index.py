@@ -136,6 +136,13 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(idx, order, -1), np.take_along_axis(val, order, -1)
 
 
+def _int8_kernels() -> bool:
+    """Whether this torch build has the x86 int8 kernels (fbgemm) the prefilter uses; without them every search scans in fp32."""
+    import torch
+
+    return "fbgemm" in torch.backends.quantized.supported_engines
+
+
 class Int8Prefilter:
     """An int8 copy of index vectors (one scale per row) for a fast candidate pass whose answer is checked by a bound.
 
@@ -265,7 +272,7 @@ class SearchIndex:
 
     def _prefilter(self, k: int) -> "Int8Prefilter | None":
         """The int8 copy of the vectors for this search, or None: index too small, or the first search (see below)."""
-        if len(self.vectors) < max(self.prefilter_min_rows, 2 * max(PREFILTER_CANDIDATES, 8 * k)):
+        if len(self.vectors) < max(self.prefilter_min_rows, 2 * max(PREFILTER_CANDIDATES, 8 * k)) or not _int8_kernels():
             return None
         if (self._int8 is None or self._int8.source is not self.vectors) and self._searches == 0:
             return None  # building takes ~1 s per 100k rows: a one-shot `fnbody search query` would never earn it back
