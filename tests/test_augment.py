@@ -7,7 +7,7 @@ import pytest
 
 from fnbody.augment.checked import Candidate, ExecutionCheckedGenerator, call_examples, doctest_examples, doctest_program, rank_candidates
 from fnbody.augment.prompt import function_name, prompt_docstring, query_text
-from fnbody.augment.rag import RetrievalAugmentedGenerator, build_context, training_contexts
+from fnbody.augment.rag import RetrievalAugmentedGenerator, TokenBudget, build_context, training_contexts
 from fnbody.cli import main
 from fnbody.errors import FnbodyError
 from fnbody.generate.base import Completion, GenerationConfig
@@ -151,6 +151,30 @@ def test_rag_end_to_end_tiny_lm_token_budget(real_index):
         assert len(tok(rt.context + r["prompt"], add_special_tokens=False)["input_ids"]) <= room
     for o in outs:  # only bodies come back, never the context
         assert "# Related function" not in o[0].text and o[0].num_tokens <= 16
+
+
+def test_token_budget_counts_each_piece_once_and_agrees_with_whole_text_counting():
+    from fnbody.tokens.byte_bpe import train_byte_bpe
+
+    hits = [_hit(f"f{i}", f"r{i}", f"    x = {i}\n" * (i + 1)) for i in range(12)]
+    prompt = 'def g(a, b):\n    """Add a to b and return the sum."""\n'
+    tok = train_byte_bpe([h["code"] for h in hits] + [prompt], vocab_size=300, min_frequency=1)
+    calls = []
+
+    def count(text):
+        calls.append(text)
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    for limit in (30, 60, 90, 200):
+        exact = build_context(hits, prompt, 4, lambda text: count(text) <= limit)
+        calls.clear()
+        budget = TokenBudget(count, limit)
+        fast = build_context(hits, prompt, 4, budget)
+        assert len(calls) <= len(hits) + 1  # each context function and the prompt counted at most once
+        # Never over the limit by more than the slack; at most one function fewer than the exact check keeps.
+        assert count(fast[0] + prompt) <= limit + budget.slack * len(fast[1])
+        assert len(exact[1]) - 1 <= len(fast[1]) <= len(exact[1])
+    assert build_context(hits, prompt, 2, TokenBudget(count, 200))[1] == build_context(hits, prompt, 2, lambda t: count(t) <= 200)[1]
 
 
 # ----- execution checking -------------------------------------------------------------------------

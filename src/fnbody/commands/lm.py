@@ -167,16 +167,15 @@ def _rag_contexts(data: LMDataConfig, tokenizer, device: str = "cpu"):
     """
     if not data.rag_index:
         return None, ""
-    from fnbody.augment.rag import training_contexts
+    from fnbody.augment.rag import TokenBudget, training_contexts
     from fnbody.search.index import SearchIndex
 
     index = SearchIndex.load(data.rag_index, device=device)
     budget = data.rag_budget_tokens or data.block_size // 2
 
-    def fits(text: str) -> bool:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= budget
+    fits = TokenBudget(lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]), budget)
 
-    key = f"rag|index:{index.info['model_fingerprint'][:16]}|count:{len(index)}|k:{data.rag_k}|budget:{budget}|fraction:{data.rag_fraction:g}"
+    key = f"rag|index:{index.info['model_fingerprint'][:16]}|count:{len(index)}|k:{data.rag_k}|budget:{budget}|fraction:{data.rag_fraction:g}|fit:pieces"
 
     def contexts(records):
         # Retrieve only for the functions that get context: retrieval is the slow part of tokenising.
