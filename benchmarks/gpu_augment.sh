@@ -118,6 +118,17 @@ if [ "$PHASE" = search ] || [ "$PHASE" = all ]; then
   say "minilm fine-tuned: rc $? $(tail -c 300 "$W/search/minilm-ft/eval.json" 2>/dev/null | tr -d '\n' | head -c 300)"
   tail -n 5 "$W/search/minilm-ft.log"
   cp "$(ls "$W"/search/minilm-ft/*.png 2>/dev/null | head -1)" "$OUT/search_curves.png" 2>/dev/null
+  # Bring the tuned weights home: fp16 (45 MB) in parts under the 16 MiB per-file limit. Rebuild the run from
+  # outputs.tar.gz's search/minilm-ft plus `cat minilm_ft_fp16.part* > checkpoints/best/model.safetensors`.
+  if [ -f "$W/search/minilm-ft/checkpoints/best/model.safetensors" ]; then
+    "$PY" - "$W/search/minilm-ft/checkpoints/best/model.safetensors" "$W/minilm_ft_fp16.safetensors" <<'EOF'
+import sys
+from safetensors.torch import load_file, save_file
+sd = load_file(sys.argv[1])
+save_file({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, sys.argv[2], metadata={"format": "pt"})
+EOF
+    split -b 15M -d "$W/minilm_ft_fp16.safetensors" "$OUT/minilm_ft_fp16.part" && say "tuned MiniLM weights: $(ls "$OUT" | grep -c minilm_ft_fp16.part) parts in \$OUT"
+  fi
   # 3. The retriever for phase lm: the fine-tuned run when it finished, else the frozen one.
   BEST=$W/search/minilm-ft; [ -f "$BEST/eval.json" ] || BEST=$W/search/minilm
   timeout 300 "${FN[@]}" search index "$BEST" --corpus "$CORPUS" --splits train --out "$W/index" --device "$DEV" --overwrite > "$W/index.log" 2>&1
