@@ -40,6 +40,8 @@ def register(sub, groups) -> None:
     p.add_argument("--max-samples", type=int, help="score at most this many test functions")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--hybrid", type=float, default=0.0, metavar="W",
+                   help="also score BM25 alone (IDF from the train split) and z(dense) + W * z(BM25) on the same protocol (e.g. 0.3)")
     p.set_defaults(func=cmd_eval)
 
     p = groups["search"].add_parser("index", help="embed a corpus's functions into a search index")
@@ -50,6 +52,7 @@ def register(sub, groups) -> None:
     p.add_argument("--max-samples", type=int, help="index at most this many functions per split")
     p.add_argument("--overwrite", action="store_true", help="replace an index built with another model")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--bm25", action="store_true", help="also write a BM25 channel (code subtokens) for `search query --hybrid W`")
     p.set_defaults(func=cmd_index)
 
     p = groups["search"].add_parser("query", help="rank indexed functions for a natural-language query")
@@ -60,6 +63,8 @@ def register(sub, groups) -> None:
     p.add_argument("--json", action="store_true", help="print the records as JSON")
     p.add_argument("--int8", action="store_true", help="embed the query with an int8 copy of the query encoder (CPU; ~2x faster "
                                                         "for minilm, slightly different ranking; index vectors stay fp32)")
+    p.add_argument("--hybrid", type=float, default=0.0, metavar="W",
+                   help="rank by z(dense) + W * z(BM25) (index built with --bm25; 0.3 was best on valid); default 0: dense only")
     p.set_defaults(func=cmd_query)
 
 
@@ -91,7 +96,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         if not Path(args.csn_sample).is_dir():
             raise FnbodyError(f"{args.csn_sample}: CSN sample folder not found")
-    result = evaluate_search(args.run, args.corpus, csn_sample=sample, max_samples=args.max_samples, device=args.device)
+    result = evaluate_search(args.run, args.corpus, csn_sample=sample, max_samples=args.max_samples, device=args.device,
+                             hybrid=args.hybrid)
     print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0
 
@@ -103,20 +109,23 @@ def cmd_index(args: argparse.Namespace) -> int:
     check_corpus(args.corpus)
     splits = [s for s in args.splits.split(",") if s]
     records = [r for s in splits for r in iter_split(args.corpus, s, args.max_samples)]
-    info = build_index(args.run, records, args.out, overwrite=args.overwrite, source=f"{args.corpus}:{','.join(splits)}", device=args.device)
-    print(f"indexed {info['count']} functions ({info['encoder']}, {info['functions_per_s']:.0f} functions/s) -> {args.out}")
+    info = build_index(args.run, records, args.out, overwrite=args.overwrite, source=f"{args.corpus}:{','.join(splits)}", device=args.device,
+                       bm25=args.bm25)
+    print(f"indexed {info['count']} functions ({info['encoder']}, {info['functions_per_s']:.0f} functions/s"
+          f"{', with BM25' if info['bm25'] else ''}) -> {args.out}")
     return 0
 
 
 def cmd_query(args: argparse.Namespace) -> int:
     from fnbody.search.index import SearchIndex
 
-    hits = SearchIndex.load(args.index, run=args.run, quantize=args.int8).query(args.text, args.k)
+    hits = SearchIndex.load(args.index, run=args.run, quantize=args.int8).query(args.text, args.k, hybrid=args.hybrid)
     if args.json:
         print(json.dumps(hits, indent=2, ensure_ascii=False))
         return 0
     for h in hits:
-        print(f"{h['rank']:>3}. {h['score']:.4f}  {h['repo']}  {h['path']}  {h['func_name']}")
+        parts = f"  (dense {h['dense_score']:.4f}, bm25 {h['bm25_score']:.2f})" if "bm25_score" in h else ""
+        print(f"{h['rank']:>3}. {h['score']:.4f}{parts}  {h['repo']}  {h['path']}  {h['func_name']}")
         print("\n".join("       " + line for line in h["snippet"].splitlines()))
         print()
     return 0

@@ -1,13 +1,19 @@
-"""`fnbody eval search`: CSN-protocol test MRR on a corpus, plus whole-pool MRR on the shipped real CSN rows."""
+"""`fnbody eval search`: CSN-protocol test MRR on a corpus, plus whole-pool MRR on the shipped real CSN rows.
+
+With `hybrid=w`, the test split is also ranked by BM25 alone (IDF from the corpus's train split) and by the fusion
+z(dense) + w * z(BM25), on the same protocol and batches as the dense MRR.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 
 from fnbody.errors import FnbodyError
 from fnbody.search.embed import Embedder
-from fnbody.search.metrics import CSN_EVAL_BATCH, batched_mrr, mean_reciprocal_rank
+from fnbody.search.lexical import IDF
+from fnbody.search.metrics import CSN_EVAL_BATCH, batched_mrr, mean_reciprocal_rank, reciprocal_ranks
 
 CSN_SAMPLE = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "csn-python-sample"
 
@@ -21,15 +27,44 @@ def signature(protocol: str, n: int, data: str, emb: Embedder) -> str:
             f"|model:{cfg.encoder}-{cfg.loss}|fp:{emb.fingerprint[:12]}|fnbody:{__version__}")
 
 
-def score_records(emb: Embedder, records: list[dict], protocol: str, data: str) -> dict:
-    """MRR of `records` under `protocol` ("csn1000" or "pool"), with n and a signature."""
+def embed_records(emb: Embedder, records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(query vectors, code vectors) of `records`' docstring and code tokens."""
     q = emb.embed_query_tokens([r.get("docstring_tokens") or [] for r in records])
-    c = emb.embed_code_tokens([r.get("code_tokens") or [] for r in records], desc="embed code")
+    return q, emb.embed_code_tokens([r.get("code_tokens") or [] for r in records], desc="embed code")
+
+
+def score_records(emb: Embedder, records: list[dict], protocol: str, data: str,
+                  vectors: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """MRR of `records` under `protocol` ("csn1000" or "pool"), with n and a signature; `vectors`: from `embed_records`."""
+    q, c = vectors if vectors is not None else embed_records(emb, records)
     if protocol == "csn1000":
         mrr, n = batched_mrr(q, c, CSN_EVAL_BATCH)
     else:
         mrr, n = mean_reciprocal_rank(q @ c.T), len(records)
     return {"mrr": mrr, "n": n, "protocol": protocol, "signature": signature(protocol, n, data, emb)}
+
+
+def score_lexical(emb: Embedder, records: list[dict], protocol: str, data: str, vectors: tuple[np.ndarray, np.ndarray],
+                  idf: IDF, weight: float, idf_data: str) -> tuple[dict, dict]:
+    """(BM25-alone, fused) MRR of `records` under `protocol`, on the same batches as `score_records`, with signatures."""
+    from fnbody import __version__
+    from fnbody.search.lexical import fuse, lexical_signature, pair_scores
+
+    q, c = vectors
+    n = (len(records) // CSN_EVAL_BATCH) * CSN_EVAL_BATCH if protocol == "csn1000" else len(records)
+    size = CSN_EVAL_BATCH if protocol == "csn1000" else max(n, 1)
+    rr_lex, rr_fused = [], []
+    for s in range(0, n, size):
+        part = records[s:s + size]
+        lex = pair_scores([r.get("docstring_tokens") or [] for r in part], [r.get("code_tokens") or [] for r in part], idf)
+        rr_lex.append(reciprocal_ranks(lex))
+        rr_fused.append(reciprocal_ranks(fuse(q[s:s + size] @ c[s:s + size].T, lex, weight)))
+    lex_sig = lexical_signature()
+    bm25 = {"mrr": float(np.concatenate(rr_lex).mean()), "n": n, "protocol": protocol,
+            "signature": f"MRR|protocol:{protocol}|n:{n}|data:{data}|tok:code-subtokens|{lex_sig}|idf:{idf_data}({idf.n})|fnbody:{__version__}"}
+    fusion = {"mrr": float(np.concatenate(rr_fused).mean()), "n": n, "protocol": protocol, "weight": weight,
+              "signature": f"{signature(protocol, n, data, emb)}|{lex_sig}|idf:{idf_data}({idf.n})|fusion:z+w{weight:g}"}
+    return bm25, fusion
 
 
 def read_csn_rows(folder: str | Path) -> list[dict]:
@@ -43,24 +78,36 @@ def read_csn_rows(folder: str | Path) -> list[dict]:
 
 
 def evaluate_search(run_dir: str | Path, corpus: str | Path, *, csn_sample: str | Path | None = CSN_SAMPLE,
-                    max_samples: int | None = None, device: str = "cpu") -> dict:
-    """Test MRR by the CSN protocol (or a labelled whole-pool MRR when the test split has < 1000 functions)."""
-    from fnbody.corpus.io import read_split
+                    max_samples: int | None = None, device: str = "cpu", hybrid: float = 0.0) -> dict:
+    """Test MRR by the CSN protocol (or a labelled whole-pool MRR when the test split has < 1000 functions).
 
+    `hybrid` w > 0: also `bm25` and `fusion` (z(dense) + w * z(BM25)) MRRs of the same queries, IDF from the train split.
+    """
+    from fnbody.corpus.io import iter_split, read_split
+    from fnbody.progress import progress
+
+    if not (hybrid >= 0 and np.isfinite(hybrid)):
+        raise FnbodyError(f"hybrid weight must be a finite number >= 0, got {hybrid}")
     emb = Embedder.load(run_dir, device)
     test = read_split(corpus, "test", max_samples)
     if len(test) < 2:
         raise FnbodyError(f"{corpus}: test split has {len(test)} functions; MRR needs at least 2")
     result: dict = {"run": str(run_dir), "corpus": str(corpus), "test_size": len(test)}
     data = f"{Path(corpus).name}/test"
-    if len(test) >= CSN_EVAL_BATCH:
-        result["csn_protocol"] = score_records(emb, test, "csn1000", data)
+    protocol = "csn1000" if len(test) >= CSN_EVAL_BATCH else "pool"
+    vectors = embed_records(emb, test)
+    if protocol == "csn1000":
+        result["csn_protocol"] = score_records(emb, test, "csn1000", data, vectors)
         result["csn_protocol"]["dropped"] = len(test) - result["csn_protocol"]["n"]
     else:
         result["csn_protocol"] = None
         result["note"] = (f"test split has {len(test)} < {CSN_EVAL_BATCH} functions: the CSN protocol (1 true + 999 distractors) "
                           f"cannot be applied; the whole-pool MRR below ranks against {len(test) - 1} distractors and is not comparable")
-        result["test_pool"] = score_records(emb, test, "pool", data)
+        result["test_pool"] = score_records(emb, test, "pool", data, vectors)
+    if hybrid > 0:
+        train = progress((r.get("code_tokens") or [] for r in iter_split(corpus, "train")), desc="BM25 IDF (train split)", unit="fn")
+        result["bm25"], result["fusion"] = score_lexical(emb, test, protocol, data, vectors, IDF.from_documents(train), hybrid,
+                                                         f"{Path(corpus).name}/train")
     if csn_sample is not None and Path(csn_sample).is_dir():
         rows = read_csn_rows(csn_sample)
         result["csn_sample_pool"] = score_records(emb, rows, "pool", f"csn-python-sample({len(rows)} real CSN rows)")
@@ -80,6 +127,9 @@ def format_result(result: dict) -> str:
     else:
         lines.append(f"  CSN protocol: not available. {result['note']}")
         lines.append(line("test, whole pool (NOT CSN protocol)", result["test_pool"]))
+    for key, label in (("bm25", "BM25 alone (no training)"), ("fusion", f"dense + BM25, w={result.get('fusion', {}).get('weight', 0):g}")):
+        if result.get(key):
+            lines.append(line(f"{label}, same protocol", result[key]))
     if result.get("csn_sample_pool"):
         lines.append(line("250 real CSN rows, whole pool", result["csn_sample_pool"]))
     return "\n".join(lines)

@@ -7,6 +7,9 @@ in fp32 and keep that answer only when an error bound proves no other row could 
 they scan in fp32 as before, so results are always the exact fp32 top k. The int8 copy is built at the
 second search of a loaded index (a served or reused one), so a one-shot query does not pay for it.
 
+An index built with `bm25=True` (`fnbody search index --bm25`) also holds a BM25 channel (fnbody.search.lexical) over
+the functions' code subtokens; `query(text, k, hybrid=w)` then ranks by z(dense) + w * z(BM25) over every row.
+
 The index carries its own model copy and fingerprint, so queries are always embedded by the model the
 vectors came from, and an index made by another model (or an incompatible index format) is refused
 rather than silently mis-ranked.
@@ -17,13 +20,16 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
 from fnbody.errors import FnbodyError
 from fnbody.io import read_json, write_json, write_jsonl
 from fnbody.search.embed import WEIGHTS, Embedder, model_fingerprint, run_files, weights_path
+
+if TYPE_CHECKING:
+    from fnbody.search.lexical import BM25Index
 
 INDEX_FORMAT_VERSION = 1
 INDEX_INFO = "index.json"
@@ -66,8 +72,11 @@ def read_index_info(index_dir: str | Path) -> dict:
 
 
 def build_index(model_dir: str | Path, records: Iterable[dict], out_dir: str | Path, *, overwrite: bool = False,
-                source: str = "", device: str = "cpu", batch_size: int = 500) -> dict:
-    """Embed `records` with the search run `model_dir` and write an index folder atomically; returns index.json."""
+                source: str = "", device: str = "cpu", batch_size: int = 500, bm25: bool = False) -> dict:
+    """Embed `records` with the search run `model_dir` and write an index folder atomically; returns index.json.
+
+    `bm25`: also write a BM25 channel over the same functions' code subtokens (IDF from these rows) for hybrid queries.
+    """
     from fnbody import __version__
     from fnbody.config import read_run_info, write_run_info
     from fnbody.io import replace_dir
@@ -86,8 +95,8 @@ def build_index(model_dir: str | Path, records: Iterable[dict], out_dir: str | P
     if not rows:
         raise FnbodyError("no functions to index")
     t0 = time.perf_counter()
-    vectors = emb.embed_code_tokens([r.get("code_tokens") or _tokens_of(row["code"]) for r, row in zip(records, rows)],
-                                    batch_size, desc="embed functions")
+    token_lists = [r.get("code_tokens") or _tokens_of(row["code"]) for r, row in zip(records, rows)]
+    vectors = emb.embed_code_tokens(token_lists, batch_size, desc="embed functions")
     seconds = time.perf_counter() - t0
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
@@ -100,11 +109,16 @@ def build_index(model_dir: str | Path, records: Iterable[dict], out_dir: str | P
     shutil.copyfile(weights_path(model_dir), tmp / MODEL_DIR / WEIGHTS)
     for name in run_files(run_info["config"]["model"]):
         shutil.copyfile(Path(model_dir) / name, tmp / MODEL_DIR / name)
+    if bm25:
+        from fnbody.search.lexical import BM25Index
+
+        BM25Index.build(token_lists, idf_source=f"indexed rows ({len(rows)})").save(tmp)
     info = {
         "format_version": INDEX_FORMAT_VERSION, "fnbody_version": __version__, "run": str(model_dir),
         "model_fingerprint": emb.fingerprint, "encoder": emb.cfg.encoder, "loss": emb.cfg.loss,
         "normalized": emb.normalized, "dim": int(vectors.shape[1]), "count": len(rows), "source": source,
         "embed_seconds": round(seconds, 3), "functions_per_s": round(len(rows) / max(seconds, 1e-9), 1),
+        "bm25": bm25,
     }
     write_json(tmp / INDEX_INFO, info)
     replace_dir(tmp, out_dir)
@@ -215,8 +229,10 @@ class SearchIndex:
 
     prefilter_min_rows = PREFILTER_MIN_ROWS
 
-    def __init__(self, path: Path, info: dict, vectors: np.ndarray, records: list[dict], embedder: Embedder) -> None:
+    def __init__(self, path: Path, info: dict, vectors: np.ndarray, records: list[dict], embedder: Embedder,
+                 bm25: "BM25Index | None" = None) -> None:
         self.path = path
+        self.bm25 = bm25  # the lexical channel of hybrid queries, when the index was built with --bm25
         self.info = info
         self.vectors = vectors
         self.records = records
@@ -248,7 +264,14 @@ class SearchIndex:
         if vectors.shape != (info["count"], info["dim"]) or len(records) != info["count"] or info["dim"] != emb.dim:
             raise FnbodyError(f"{path}: index files disagree ({vectors.shape} vectors, {len(records)} records, index.json says "
                               f"{info['count']} x {info['dim']}); rebuild it")
-        return cls(path, info, np.ascontiguousarray(vectors, dtype=np.float32), records, emb)
+        bm25 = None
+        if info.get("bm25"):
+            from fnbody.search.lexical import BM25Index
+
+            bm25 = BM25Index.load(path)
+            if len(bm25) != info["count"]:
+                raise FnbodyError(f"{path}: BM25 channel has {len(bm25)} rows, the index {info['count']}; rebuild it")
+        return cls(path, info, np.ascontiguousarray(vectors, dtype=np.float32), records, emb, bm25)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -284,14 +307,49 @@ class SearchIndex:
             self._int8 = Int8Prefilter(self.vectors)
         return self._int8
 
-    def query(self, text: str, k: int = 10) -> list[dict]:
-        """The `k` best functions for `text`: dicts with rank, score, repo, path, func_name, url, docstring, code, snippet."""
-        return self.query_many([text], k)[0]
+    def query(self, text: str, k: int = 10, *, hybrid: float = 0.0) -> list[dict]:
+        """The `k` best functions for `text`: dicts with rank, score, repo, path, func_name, url, docstring, code, snippet.
 
-    def query_many(self, texts: Sequence[str], k: int = 10) -> list[list[dict]]:
+        `hybrid` w > 0 ranks by z(dense) + w * z(BM25) over all rows (index built with --bm25); hits then also carry
+        `dense_score` and `bm25_score`, and `score` is the fused one.
+        """
+        return self.query_many([text], k, hybrid=hybrid)[0]
+
+    def query_many(self, texts: Sequence[str], k: int = 10, *, hybrid: float = 0.0) -> list[list[dict]]:
         """`query` for several texts in one product."""
         if k < 1:
             raise FnbodyError(f"k must be >= 1, got {k}")
+        if not (hybrid >= 0 and np.isfinite(hybrid)):
+            raise FnbodyError(f"hybrid weight must be a finite number >= 0, got {hybrid}")
+        if hybrid > 0 and self.bm25 is None:
+            raise FnbodyError(f"{self.path}: index has no BM25 channel for hybrid search; rebuild it with "
+                              f"`fnbody search index RUN --corpus DIR --out {self.path} --bm25`")
         q = self.embedder.embed_queries(texts)
-        return [[{"rank": rank, "score": score, **self.records[i], "snippet": snippet(self.records[i]["code"])}
-                 for rank, (i, score) in enumerate(hits, 1)] for hits in self.search_vectors(q, k)]
+        if hybrid > 0:
+            from fnbody.search.data import query_tokens
+
+            return [self._hits(hits) for hits in self.search_hybrid(q, [query_tokens(t) for t in texts], k, hybrid)]
+        return [self._hits([(i, {"score": score}) for i, score in hits]) for hits in self.search_vectors(q, k)]
+
+    def _hits(self, hits: list[tuple[int, dict]]) -> list[dict]:
+        """Result dicts for ranked (row, scores) pairs."""
+        return [{"rank": rank, **scores, **self.records[i], "snippet": snippet(self.records[i]["code"])}
+                for rank, (i, scores) in enumerate(hits, 1)]
+
+    def search_hybrid(self, q: np.ndarray, query_tokens: Sequence[Sequence[str]], k: int, weight: float) -> list[list[tuple[int, dict]]]:
+        """Top-k (row, {score, dense_score, bm25_score}) per query by z(dense) + weight * z(BM25) over every row.
+
+        The z-scores need every row's dense score, so this scans in fp32 (no int8 prefilter).
+        """
+        from fnbody.search.lexical import fuse
+
+        k = max(1, min(int(k), len(self.records)))
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        out = []
+        for s in range(0, len(q), QUERY_CHUNK):
+            dense = q[s:s + QUERY_CHUNK] @ self.vectors.T
+            lex = np.stack([self.bm25.scores(t) for t in query_tokens[s:s + QUERY_CHUNK]])
+            rows, vals = top_k(fuse(dense, lex, weight), k)
+            out += [[(int(i), {"score": float(v), "dense_score": float(d[i]), "bm25_score": float(b[i])}) for i, v in zip(r, val)]
+                    for r, val, d, b in zip(rows, vals, dense, lex)]
+        return out

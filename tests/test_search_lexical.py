@@ -1,0 +1,186 @@
+"""BM25 lexical channel and dense + BM25 hybrid search: subtokens, BM25 known values, save/load, hybrid index, eval."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fnbody.cli import main
+from fnbody.errors import FnbodyError
+from fnbody.search.lexical import IDF, BM25Index, fuse, pair_scores, subtokens, zscore
+from fnbody.search.metrics import reciprocal_ranks
+
+TINY = ["--set", "model.emb_dim=16", "--set", "model.vocab_size=200", "--set", "train.batch_size=16"]
+
+
+@pytest.mark.parametrize("tokens, expected", [
+    (["read_csv_file"], ["read", "csv", "file"]),
+    (["getHTTPResponse2"], ["get", "http", "response", "2"]),
+    (["HTTPServer", "__init__"], ["http", "server", "init"]),
+    (["self", ".", "max_len", "=", "x2y", "3.5"], ["self", "max", "len", "x", "2", "y", "3", "5"]),
+    (["(", "'", ""], []),
+])
+def test_subtokens_known_values(tokens, expected):
+    assert subtokens(tokens) == expected
+
+
+# Three documents: d0 = read file path (3 subtokens), d1 = read lines file file (4), d2 = write data (2); mean length 3.
+DOCS = [["read_file", "(", "path", ")"], ["readLines", "file", "file"], ["write", "data"]]
+
+
+def test_bm25_known_values_on_three_documents():
+    idx = BM25Index.build(DOCS)
+    idf_read = math.log(1 + (3 - 2 + 0.5) / (2 + 0.5))  # "read" and "file" are in 2 of 3 documents
+    # d0: length 3 = mean, so norm = k1 = 1.2, and tf 1 gives 1 * 2.2 / 2.2 = 1 per term.
+    # d1: norm = 1.2 * (0.25 + 0.75 * 4 / 3) = 1.5; read: 2.2 / 2.5, file (tf 2): 4.4 / 3.5.
+    expected = [2 * idf_read, idf_read * (2.2 / 2.5 + 4.4 / 3.5), 0.0]
+    np.testing.assert_allclose(idx.scores(["read", "the", "File"]), expected, rtol=1e-6)
+    assert idx.scores(["read", "the", "File"]).dtype == np.float32 and len(idx) == 3
+    idf_data = math.log(1 + (3 - 1 + 0.5) / (1 + 0.5))
+    np.testing.assert_allclose(idx.scores(["data"]), [0, 0, idf_data * 2.2 / (1 + 1.2 * (0.25 + 0.75 * 2 / 3))], rtol=1e-6)
+    assert not idx.scores(["unknown", "of"]).any()  # no indexed term: every row 0
+
+
+def test_bm25_idf_from_a_reference_collection_and_pair_scores():
+    ref = IDF.from_documents([["read_file"], ["read"], ["other"], ["x"]])  # N = 4: read df 2, file df 1
+    w = ref.weights(["read", "file", "write"])
+    np.testing.assert_allclose(w, [math.log(1 + 2.5 / 2.5), math.log(1 + 3.5 / 1.5), math.log(1 + 4)])  # unseen: log(1 + N)
+    idx = BM25Index.build(DOCS, idf=ref, idf_source="ref")
+    assert idx.scores(["write"])[2] == pytest.approx(math.log(5) * 2.2 / (1 + 1.2 * (0.25 + 0.75 * 2 / 3)), rel=1e-6)
+    m = pair_scores([["read"], ["write", "data"]], DOCS, ref)
+    assert m.shape == (2, 3)
+    np.testing.assert_allclose(m[0], idx.scores(["read"]))
+    assert m[1].argmax() == 2 and m[0, 2] == 0
+
+
+def test_zscore_and_fuse():
+    np.testing.assert_allclose(zscore(np.array([[1.0, 2.0, 3.0]])), [[-1.2247449, 0, 1.2247449]], rtol=1e-6)
+    assert not zscore(np.array([[5.0, 5.0]])).any()  # a flat row (no BM25 match anywhere) adds nothing
+    fused = fuse(np.array([[0.0, 1.0]]), np.array([[10.0, 0.0]]), 0.5)
+    np.testing.assert_allclose(fused, [[-1 + 0.5, 1 - 0.5]], atol=1e-6)
+
+
+def test_bm25_save_load_round_trip(tmp_path):
+    idx = BM25Index.build(DOCS + [["ünïcode_name", "x"]])
+    idx.save(tmp_path)
+    back = BM25Index.load(tmp_path)
+    assert back.terms == idx.terms and back.k1 == 1.2 and back.b == 0.75
+    for q in (["read", "file"], ["unicode"], ["ünïcode"], ["data", "path"]):
+        np.testing.assert_array_equal(back.scores(q), idx.scores(q))
+    with np.load(tmp_path / "bm25.npz", allow_pickle=False) as z:
+        assert z["doc_ids"].dtype == np.int32
+    info = json.loads((tmp_path / "bm25.json").read_text())
+    (tmp_path / "bm25.json").write_text(json.dumps({**info, "format_version": 9}))
+    with pytest.raises(FnbodyError, match="format version"):
+        BM25Index.load(tmp_path)
+    (tmp_path / "bm25.npz").unlink()
+    with pytest.raises(FnbodyError, match="bm25.npz"):
+        BM25Index.load(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def run_and_corpus(tmp_path_factory):
+    from conftest import make_tiny_corpus
+
+    root = tmp_path_factory.mktemp("lexical")
+    corpus = make_tiny_corpus(root / "corpus")
+    run = root / "run"
+    assert main(["train", "search", "--corpus", str(corpus), "--encoder", "nbow", "--out", str(run), "--max-epochs", "3", *TINY]) == 0
+    return run, corpus
+
+
+ZEBRA = 'def fibonacci_zebra_stripes(n):\n    """Zebra."""\n    return n\n'
+
+
+def test_hybrid_index_queries(run_and_corpus, tmp_path, capsys):
+    from fnbody.corpus.io import read_split
+    from fnbody.search.index import SearchIndex, build_index
+
+    run, corpus = run_and_corpus
+    records = read_split(corpus, "train") + [{"repo": "z/z", "path": "z.py", "func_name": "fibonacci_zebra_stripes", "code": ZEBRA}]
+    info = build_index(run, records, tmp_path / "idx", bm25=True)
+    assert info["bm25"] is True and (tmp_path / "idx" / "bm25.npz").exists()
+    index = SearchIndex.load(tmp_path / "idx")
+    assert len(index.bm25) == len(index) == 49
+    text = "read a text file and return its lines"
+    plain = index.query(text, k=10)
+    assert index.query(text, k=10, hybrid=0.0) == plain  # w = 0 is the dense path, untouched
+    hyb = index.query(text, k=10, hybrid=0.3)
+    assert [h["rank"] for h in hyb] == list(range(1, 11))
+    assert all(a["score"] >= b["score"] for a, b in zip(hyb, hyb[1:]))
+    rows = {(r["func_name"], r["repo"], r["path"]): i for i, r in enumerate(index.records)}
+    q = index.embedder.embed_queries([text])[0]
+    dense = index.vectors @ q
+    lex = index.bm25.scores(["read", "a", "text", "file", "and", "return", "its", "lines"])
+    fused = fuse(dense, lex, 0.3)
+    for h in hyb:  # each hit carries both raw scores, and `score` is their fusion
+        i = rows[(h["func_name"], h["repo"], h["path"])]
+        assert h["dense_score"] == pytest.approx(float(dense[i]), rel=1e-5, abs=1e-6)
+        assert h["bm25_score"] == pytest.approx(float(lex[i]), rel=1e-5)
+        assert h["score"] == pytest.approx(float(fused[i]), rel=1e-5, abs=1e-6)
+    assert hyb[0]["score"] == pytest.approx(float(fused.max()), rel=1e-6)
+    # Words found only in one function's identifiers put it first under hybrid.
+    top = index.query("fibonacci zebra stripes", k=3, hybrid=1.0)[0]
+    assert top["func_name"] == "fibonacci_zebra_stripes" and top["bm25_score"] > 0
+    assert [len(h) for h in index.query_many(["zebra", "merge two dictionaries"], k=2, hybrid=0.3)] == [2, 2]
+    with pytest.raises(FnbodyError, match="hybrid weight"):
+        index.query("zebra", hybrid=-1)
+    capsys.readouterr()
+    assert main(["search", "query", str(tmp_path / "idx"), "fibonacci zebra", "-k", "1", "--hybrid", "1", "--json"]) == 0
+    hit = json.loads(capsys.readouterr().out)[0]
+    assert hit["func_name"] == "fibonacci_zebra_stripes" and {"dense_score", "bm25_score", "score"} <= set(hit)
+    assert main(["search", "query", str(tmp_path / "idx"), "fibonacci zebra", "-k", "1", "--hybrid", "1"]) == 0
+    assert "bm25" in capsys.readouterr().out
+
+
+def test_hybrid_needs_an_index_built_with_bm25(run_and_corpus, tmp_path, capsys):
+    from fnbody.search.index import SearchIndex
+
+    run, corpus = run_and_corpus
+    idx = tmp_path / "idx"
+    assert main(["search", "index", str(run), "--corpus", str(corpus), "--out", str(idx), "--splits", "test"]) == 0
+    index = SearchIndex.load(idx)
+    assert index.bm25 is None and json.loads((idx / "index.json").read_text())["bm25"] is False
+    assert index.query("merge two dictionaries", k=2)  # the dense path still answers
+    with pytest.raises(FnbodyError, match="--bm25"):
+        index.query("merge two dictionaries", k=2, hybrid=0.3)
+    capsys.readouterr()
+    assert main(["search", "query", str(idx), "merge dictionaries", "--hybrid", "0.3"]) == 2
+    assert "fnbody search index RUN" in capsys.readouterr().err
+    assert main(["search", "index", str(run), "--corpus", str(corpus), "--out", str(idx), "--splits", "test", "--bm25"]) == 0
+    assert "with BM25" in capsys.readouterr().out
+    assert SearchIndex.load(idx).query("merge two dictionaries", k=2, hybrid=0.3)[0]["bm25_score"] > 0
+
+
+def test_eval_search_hybrid_three_mrrs(run_and_corpus, tmp_path, capsys):
+    from conftest import make_tiny_corpus
+
+    run, corpus = run_and_corpus
+    args = ["eval", "search", str(run), "--corpus", str(corpus), "--no-csn-sample", "--json"]
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert "bm25" not in plain and "fusion" not in plain
+    assert main(args + ["--hybrid", "0.3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["test_pool"] == plain["test_pool"]  # the dense figure is unchanged by --hybrid
+    assert out["bm25"]["n"] == out["fusion"]["n"] == 12 and out["bm25"]["protocol"] == "pool"
+    assert 0 < out["bm25"]["mrr"] <= 1 and 0 < out["fusion"]["mrr"] <= 1
+    assert "|lex:bm25-k1.2-b0.75|" in out["bm25"]["signature"] and "idf:corpus/train(48)" in out["bm25"]["signature"]
+    assert out["fusion"]["signature"].startswith(out["test_pool"]["signature"]) and out["fusion"]["signature"].endswith("|fusion:z+w0.3")
+    # The CSN protocol (1000-query batches) on a bigger test split, checked against a direct computation.
+    big = make_tiny_corpus(tmp_path / "big", n_per_split=(48, 12, 1005))
+    assert main(["eval", "search", str(run), "--corpus", str(big), "--no-csn-sample", "--hybrid", "0.5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["csn_protocol"]["n"] == out["bm25"]["n"] == out["fusion"]["n"] == 1000
+    from fnbody.corpus.io import read_split
+
+    test, train = read_split(big, "test")[:1000], read_split(big, "train")
+    lex = pair_scores([r["docstring_tokens"] for r in test], [r["code_tokens"] for r in test],
+                      IDF.from_documents(r["code_tokens"] for r in train))
+    assert out["bm25"]["mrr"] == pytest.approx(float(reciprocal_ranks(lex).mean()))
+    assert main(["eval", "search", str(run), "--corpus", str(big), "--no-csn-sample", "--hybrid", "0.5"]) == 0
+    text = capsys.readouterr().out
+    assert "BM25 alone" in text and "w=0.5" in text
