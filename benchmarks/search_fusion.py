@@ -6,63 +6,28 @@ The CSN protocol (consecutive batches of 1000 test pairs, last partial batch dro
   `_` and camelCase, lower-cased), with IDF from the train split's code: no training at all;
 - fusion: z-scored dense scores + w * z-scored BM25 scores per query, w chosen on the first `--valid-n`
   valid pairs (never on test).
+BM25, the subtokens and the fusion are fnbody.search.lexical's (the ones `fnbody search query --hybrid` and
+`fnbody eval search --hybrid` use).
 Prints each MRR and the ratio to the dense baseline measured in the same run.
 
 Run: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/search_fusion.py --corpus DIR --run RUN [--test-index INDEX]
 (`--test-index`: an index of exactly the test split made with RUN, to reuse its code vectors.)
+
+`--latency ROWS --test-index INDEX`: instead of the MRRs, the per-query ranking latency of hybrid search
+(`SearchIndex.search_hybrid`, w 0.3: full fp32 scan + BM25 + z-fusion) against the dense-only `search_vectors` (the
+baseline, int8 prefilter warm as in a served index) over INDEX's rows replicated (vectors with noise 1e-3, BM25 postings
+with them) to >= ROWS rows. Queries are encoded once beforehand (encoding is the same for both paths; its time is printed).
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
-import math
-import re
 import sys
 import time
 
 import numpy as np
 
-STOP = set("the a an of to and or in is for be by with this that it on as are from if at".split())
 WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
-
-
-def subtokens(tokens: list[str]) -> list[str]:
-    """Identifier pieces: split on `_`/punctuation and camelCase, lower-cased."""
-    out = []
-    for tok in tokens:
-        for part in re.split(r"[_\W]+", tok):
-            out += [w.lower() for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+", part)]
-    return out
-
-
-class BM25:
-    """Okapi BM25 over code subtokens, IDF from a reference collection (the train split)."""
-
-    def __init__(self, reference: list[list[str]], k1: float = 1.2, b: float = 0.75) -> None:
-        df = collections.Counter()
-        for code in reference:
-            df.update(set(subtokens(code)))
-        self.n, self.k1, self.b = len(reference), k1, b
-        self.idf = {w: math.log(1 + (self.n - c + 0.5) / (c + 0.5)) for w, c in df.items()}
-
-    def scores(self, queries: list[list[str]], codes: list[list[str]]) -> np.ndarray:
-        """(len(queries), len(codes)) BM25 scores."""
-        docs = [collections.Counter(subtokens(c)) for c in codes]
-        lens = np.array([sum(d.values()) for d in docs], dtype=np.float64)
-        avg = lens.mean() if len(lens) else 1.0
-        qs = [[w for w in set(subtokens(q)) if w not in STOP] for q in queries]
-        out = np.zeros((len(qs), len(docs)), dtype=np.float32)
-        unseen = math.log(1 + self.n)
-        for j, d in enumerate(docs):
-            norm = self.k1 * (1 - self.b + self.b * lens[j] / avg)
-            for i, q in enumerate(qs):
-                out[i, j] = sum(self.idf.get(w, unseen) * d[w] * (self.k1 + 1) / (d[w] + norm) for w in q if w in d)
-        return out
-
-
-def zscore(s: np.ndarray) -> np.ndarray:
-    return (s - s.mean(1, keepdims=True)) / (s.std(1, keepdims=True) + 1e-9)
 
 
 def main() -> int:
@@ -72,7 +37,13 @@ def main() -> int:
     ap.add_argument("--test-index", help="index of the test split built with --run (reuses its code vectors)")
     ap.add_argument("--valid-n", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--latency", type=int, metavar="ROWS", help="time hybrid vs dense queries over >= ROWS rows instead (needs --test-index)")
+    ap.add_argument("--queries", type=int, default=200, help="--latency: test docstrings timed as queries")
     args = ap.parse_args()
+    if args.latency:
+        if not args.test_index:
+            sys.exit("--latency needs --test-index")
+        return latency(args)
 
     import torch
 
@@ -80,6 +51,7 @@ def main() -> int:
     from fnbody.corpus.io import read_split
     from fnbody.io import read_jsonl
     from fnbody.search.embed import Embedder
+    from fnbody.search.lexical import IDF, fuse, pair_scores
     from fnbody.search.metrics import CSN_EVAL_BATCH, batched_mrr, reciprocal_ranks
 
     t0 = time.perf_counter()
@@ -97,13 +69,13 @@ def main() -> int:
     q_test = emb.embed_query_tokens([r["docstring_tokens"] for r in test])
     q_valid = emb.embed_query_tokens([r["docstring_tokens"] for r in valid])
     code_valid = emb.embed_code_tokens([r["code_tokens"] for r in valid])
-    bm25 = BM25([r["code_tokens"] for r in train])
+    idf = IDF.from_documents(r["code_tokens"] for r in train)
     print(f"embedded and indexed in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
     # Fusion weight on valid only.
     dense_v = q_valid @ code_valid.T
-    lex_v = bm25.scores([r["docstring_tokens"] for r in valid], [r["code_tokens"] for r in valid])
-    grid = [(float(reciprocal_ranks(zscore(dense_v) + w * zscore(lex_v)).mean()), w) for w in WEIGHTS]
+    lex_v = pair_scores([r["docstring_tokens"] for r in valid], [r["code_tokens"] for r in valid], idf)
+    grid = [(float(reciprocal_ranks(fuse(dense_v, lex_v, w)).mean()), w) for w in WEIGHTS]
     valid_mrr, w = max(grid)
 
     n = (len(test) // CSN_EVAL_BATCH) * CSN_EVAL_BATCH
@@ -111,10 +83,10 @@ def main() -> int:
     for s in range(0, n, CSN_EVAL_BATCH):
         part = test[s:s + CSN_EVAL_BATCH]
         dense = q_test[s:s + CSN_EVAL_BATCH] @ code_test[s:s + CSN_EVAL_BATCH].T
-        lex = bm25.scores([r["docstring_tokens"] for r in part], [r["code_tokens"] for r in part])
+        lex = pair_scores([r["docstring_tokens"] for r in part], [r["code_tokens"] for r in part], idf)
         rr["dense"].append(reciprocal_ranks(dense))
         rr["bm25"].append(reciprocal_ranks(lex))
-        rr["fusion"].append(reciprocal_ranks(zscore(dense) + w * zscore(lex)))
+        rr["fusion"].append(reciprocal_ranks(fuse(dense, lex, w)))
     mrr = {k: float(np.concatenate(v).mean()) for k, v in rr.items()}
     check, _ = batched_mrr(q_test, code_test)
     assert abs(check - mrr["dense"]) < 1e-6, (check, mrr["dense"])  # the same protocol as `fnbody eval search`
@@ -125,6 +97,58 @@ def main() -> int:
     print(f"dense {emb.cfg.encoder}: test MRR {base:.4f}  (baseline)  {sig}")
     print(f"bm25 (no training):     test MRR {mrr['bm25']:.4f}  = {mrr['bm25'] / base:.2f}x the dense run")
     print(f"fusion, w={w:g} (valid): test MRR {mrr['fusion']:.4f}  = {mrr['fusion'] / base:.3f}x the dense run")
+    return 0
+
+
+def latency(args) -> int:
+    """Per-query p50/p99 of hybrid (w 0.3) and dense-only `SearchIndex.query` over >= args.latency replicated rows."""
+    import os
+
+    import torch
+
+    from fnbody.search.index import SearchIndex, _tokens_of
+    from fnbody.search.lexical import BM25Index
+
+    torch.set_num_threads(args.threads)
+    print(f"torch threads {torch.get_num_threads()}, load average at start {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    index = SearchIndex.load(args.test_index)
+    reps = -(-args.latency // len(index))
+    rng = np.random.default_rng(0)
+    queries = [" ".join(r["docstring"].split()[:20]) for r in index.records[:args.queries] if r.get("docstring")]
+    index.vectors = np.ascontiguousarray(np.concatenate([index.vectors + rng.normal(scale=1e-3, size=index.vectors.shape).astype(np.float32)
+                                                         for _ in range(reps)]))
+    t0 = time.perf_counter()
+    index.bm25 = BM25Index.build([_tokens_of(r["code"]) for r in index.records] * reps)
+    build_s = time.perf_counter() - t0
+    index.records = index.records * reps
+    print(f"rows {len(index)} (x{reps} of {len(index) // reps}); BM25 built in {build_s:.1f}s: {len(index.bm25.terms)} terms, "
+          f"{len(index.bm25.doc_ids)} postings", flush=True)
+    from fnbody.search.data import query_tokens
+
+    t0 = time.perf_counter()
+    vecs = [index.embedder.embed_queries([q]) for q in queries]
+    encode_ms = (time.perf_counter() - t0) * 1000 / len(queries)
+    toks = [query_tokens(q) for q in queries]
+    paths = {"dense (baseline)": lambda i: index.search_vectors(vecs[i], 10),
+             "hybrid w=0.3": lambda i: index.search_hybrid(vecs[i], [toks[i]], 10, 0.3),
+             "bm25 scores only": lambda i: index.bm25.scores(toks[i])}
+    for f in paths.values():  # warm-up; the second dense search builds the int8 prefilter, as a served index does
+        for i in range(5):
+            f(i)
+    lat = {n: [] for n in paths}
+    for order in (list(paths), list(paths)[::-1]):  # two rounds of opposite order so load drift hits every path alike
+        for name in order:
+            for i in range(len(queries)):
+                t = time.perf_counter()
+                paths[name](i)
+                lat[name].append((time.perf_counter() - t) * 1000)
+    base = np.percentile(lat["dense (baseline)"], 50)
+    for name, v in lat.items():
+        p50 = np.percentile(v, 50)
+        print(f"{name:<18} p50 {p50:6.2f} ms  p99 {np.percentile(v, 99):6.2f} ms  = {p50 / base:.2f}x the dense search "
+              f"({len(v)} timed searches, k=10, ranking only)")
+    print(f"query encoding ({index.embedder.cfg.encoder}, fp32, same for both paths): mean {encode_ms:.1f} ms over {len(queries)} queries")
+    print(f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 
