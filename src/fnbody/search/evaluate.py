@@ -127,9 +127,9 @@ def format_result(result: dict) -> str:
     else:
         lines.append(f"  CSN protocol: not available. {result['note']}")
         lines.append(line("test, whole pool (NOT CSN protocol)", result["test_pool"]))
-    for key, label in (("bm25", "BM25 alone (no training)"), ("fusion", f"dense + BM25, w={result.get('fusion', {}).get('weight', 0):g}")):
-        if result.get(key):
-            lines.append(line(f"{label}, same protocol", result[key]))
+    for key, label in (("bm25", "  BM25 alone (no training)"), ("fusion", f"  dense + BM25 fusion, w={result.get('fusion', {}).get('weight', 0):g}")):
+        if result.get(key):  # indented under the dense line: the same queries and batches
+            lines.append(line(label, result[key]))
     if result.get("csn_sample_pool"):
         lines.append(line("250 real CSN rows, whole pool", result["csn_sample_pool"]))
     return "\n".join(lines)
