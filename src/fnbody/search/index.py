@@ -137,7 +137,19 @@ def _tokens_of(code: str) -> list[str]:
 
 def exact_top_k(vectors: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(rows (Nq, k), scores (Nq, k)) of the k best rows of `vectors` (N, C) per query in `q` (Nq, C) by an fp32 scan."""
-    return top_k(np.ascontiguousarray(q, dtype=np.float32) @ vectors.T, k)
+    return top_k(dense_scores(vectors, q), k)
+
+
+def dense_scores(vectors: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """(Nq, N) dot products of the queries `q` with every row of `vectors`, by torch's BLAS.
+
+    Not numpy's: after a numpy product, OpenBLAS threads spinning for more work slowed the next query's torch
+    encoder ~2x on 2 cores (end-to-end MiniLM query over 3.7k rows: p50 24.0 ms with numpy, 11.7 ms with torch).
+    """
+    import torch
+
+    q = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
+    return (q @ torch.from_numpy(vectors).T).numpy()
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -347,7 +359,7 @@ class SearchIndex:
         q = np.ascontiguousarray(q, dtype=np.float32)
         out = []
         for s in range(0, len(q), QUERY_CHUNK):
-            dense = q[s:s + QUERY_CHUNK] @ self.vectors.T
+            dense = dense_scores(self.vectors, q[s:s + QUERY_CHUNK])
             lex = np.stack([self.bm25.scores(t) for t in query_tokens[s:s + QUERY_CHUNK]])
             rows, vals = top_k(fuse(dense, lex, weight), k)
             out += [[(int(i), {"score": float(v), "dense_score": float(d[i]), "bm25_score": float(b[i])}) for i, v in zip(r, val)]
