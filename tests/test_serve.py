@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Iterator, Sequence
 
+from fnbody.errors import FnbodyError
 from fnbody.generate.base import Completion, GenerationConfig
 from fnbody.generate.stopping import def_indent
 
@@ -324,6 +325,26 @@ def test_search_endpoint(gen):
         assert c.post("/v1/search", json={"query": "", "k": 1}).status_code == 400
         assert c.post("/v1/search", json={"query": 3}).status_code == 400
         assert len(index.queries) == 1
+
+
+def test_search_hybrid_weight_reaches_the_index_and_its_errors_are_400(gen):
+    class HybridIndex(ListIndex):
+        def query(self, text, k, hybrid=0.0):
+            if hybrid and not self.bm25:
+                raise FnbodyError("index has no BM25 channel; rebuild it with `fnbody search index RUN --corpus DIR --out INDEX --bm25`")
+            self.hybrids.append(hybrid)
+            return super().query(text, k)
+
+    index = HybridIndex(RECORDS)
+    index.bm25, index.hybrids = True, []
+    with TestClient(create_app(gen, index, ServeSettings(max_k=10))) as c:
+        assert c.post("/v1/search", json={"query": "read a csv file", "k": 1, "hybrid": 0.3}).status_code == 200
+        assert c.post("/v1/search", json={"query": "read a csv file", "k": 1}).status_code == 200
+        assert index.hybrids == [0.3, 0.0]
+        assert c.post("/v1/search", json={"query": "x", "hybrid": -1}).status_code == 400
+        index.bm25 = False
+        r = c.post("/v1/search", json={"query": "x", "hybrid": 0.3})
+        assert r.status_code == 400 and "--bm25" in r.json()["error"]["message"]
 
 
 def test_search_without_index_is_404(client):

@@ -57,7 +57,7 @@ class SearchIndex(Protocol):
     """What the server needs from a code-search index."""
 
     def query(self, text: str, k: int) -> list[dict]:
-        """The `k` entries most similar to `text`, best first, as JSON-able dicts."""
+        """The `k` entries most similar to `text`, best first, as JSON-able dicts (`hybrid=w` keyword: dense + BM25 fusion)."""
         ...
 
 
@@ -446,7 +446,8 @@ def create_app(generator: Generator, search_index: SearchIndex | None = None,
                            code="search_disabled")
         if req.k > settings.max_k:
             raise APIError(400, f"k: {req.k} exceeds this server's cap of {settings.max_k}", param="k")
-        job = _submit(request.app.state.search_worker, lambda job: search_index.query(req.query, req.k))
+        extra = {"hybrid": req.hybrid} if req.hybrid else {}  # dense-only requests keep the plain call
+        job = _submit(request.app.state.search_worker, lambda job: search_index.query(req.query, req.k, **extra))
         try:
             results = await asyncio.wait_for(asyncio.shield(job.result), timeout=settings.request_timeout_s)
         except asyncio.TimeoutError:

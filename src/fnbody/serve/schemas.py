@@ -39,6 +39,8 @@ class SearchRequest(_Strict):
 
     query: str = Field(min_length=1, description="natural-language description or code")
     k: int = Field(default=5, ge=1, description="how many results")
+    hybrid: float = Field(default=0.0, ge=0.0, le=10.0, description="weight of BM25 in dense + BM25 fusion (0 = dense only; "
+                          "needs an index built with `fnbody search index --bm25`)")
 
 
 class SearchResponse(BaseModel):
