@@ -20,6 +20,7 @@ from fnbody.train.loop import read_metrics
 REPORT_MRR = {"nbow": 0.569, "rnn": 0.306}
 CSN_PAPER_MRR = {"nbow": 0.581, "cnn": 0.571, "rnn": 0.321, "selfatt": 0.692}
 REPORT_BLEU = {"gpt2-finetuned": 0.22, "relative_gain_over_char_rnn": 0.46}
+_ENCODER_NAMES = {"nbow": "NBoW", "rnn": "bi-RNN", "cnn": "1D-CNN", "selfatt": "self-attention", "minilm": "MiniLM"}
 BLEU_KEYS = ("seed-bleu", "bleu", "codexglue-bleu", "exact-match", "chrf")
 
 
@@ -199,7 +200,7 @@ def _beyond_section(out: Path, rep: dict, md: list[str]) -> None:
         def p1(x: dict):
             return x.get("pass@1")
 
-        md.append(f"Generator **{s['model']}**; retrieval from an NBoW index of the train split ({s['index'].get('count')} functions), "
+        md.append(f"Generator **{s['model']}**; retrieval from a search index of the train split ({_ENCODER_NAMES.get(s['index'].get('encoder'), s['index'].get('encoder') or 'unknown')} encoder, {s['index'].get('count')} functions), "
                   f"each test prompt's own repo excluded (own-repo hits: {b['own_repo_hits']}; mean context functions "
                   f"{b['mean_context_functions']:.2f}). HumanEval: {he['problems']}.\n")
         md.append("| setting | seed-BLEU (test) | BLEU (test) | CodeXGLUE BLEU (test) | HumanEval pass@1 |\n|---|---:|---:|---:|---:|")
