@@ -10,6 +10,7 @@ import pytest
 from fnbody.cli import main
 from fnbody.errors import FnbodyError
 from fnbody.pipeline.config import PRESETS, load_preset
+from fnbody.search.evaluate import CSN_SAMPLE
 
 # Small standard-library packages as separate "repos"; their names hash into all three splits (seed 0).
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -42,7 +43,8 @@ def test_report_has_every_section_with_real_numbers(tiny_run):
     for ev in rep["search"].values():
         main_score = ev.get("csn_protocol") or ev["test_pool"]
         assert 0 < main_score["mrr"] <= 1 and "MRR|" in main_score["signature"]
-        assert ev["csn_sample_pool"]["n"] == 250
+        # The 250 real CSN rows live in the shared/ folder beside the repo; without it the report has no such row.
+        assert (ev["csn_sample_pool"]["n"] == 250) if CSN_SAMPLE.is_dir() else ("csn_sample_pool" not in ev)
     assert _is_number(rep["char_rnn"]["final"]["valid_loss"])
     assert set(rep["generation"]) == {"char-rnn", "gpt2-scratch"}
     for summary in rep["generation"].values():
