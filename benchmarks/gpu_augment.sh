@@ -15,6 +15,10 @@
 #
 #   GPU_DATA=DIR PHASE=search bash benchmarks/gpu_augment.sh   # DIR: corpus/, minilm/ (HF folder), csn-python-sample/, smollm2.gguf
 #   GPU_AUG_SMOKE=1 bash benchmarks/gpu_augment.sh             # tiny budgets and a tiny corpus on this CPU: checks the script
+# Measured on one H100 (2026-11-26, RESULTS.md "GPU session 3"): phase search 259 s (MiniLM 3 epochs in 82 s of optimisation);
+# phase lm spent 330 s building retrieval-augmented data before augment.rag.TokenBudget (14.5x faster since: ~30-60 s expected),
+# then 100 s of training, so its 500 s timeout cut the evaluation. Plan a 15-minute device budget as: start ~35 s, moving the data
+# (three calls: corpus + half the GGUF, MiniLM, the other half) ~30 s, search ~260 s, lm ~400 s.
 # Results land in $OUT (default /tmp/gpu_augment_out): log.txt, search.json, lm_metrics.jsonl, eval_summary.json,
 # augment_summary.json, zeroshot.json, lm_curves.png, search_curves.png and outputs.tar.gz (samples and results).
 set -uo pipefail
