@@ -51,6 +51,7 @@ def main() -> int:
     from fnbody.corpus.io import read_split
     from fnbody.io import read_jsonl
     from fnbody.search.embed import Embedder
+    from fnbody.search.evaluate import score_lexical
     from fnbody.search.lexical import IDF, fuse, pair_scores
     from fnbody.search.metrics import CSN_EVAL_BATCH, batched_mrr, reciprocal_ranks
 
@@ -78,21 +79,13 @@ def main() -> int:
     grid = [(float(reciprocal_ranks(fuse(dense_v, lex_v, w)).mean()), w) for w in WEIGHTS]
     valid_mrr, w = max(grid)
 
-    n = (len(test) // CSN_EVAL_BATCH) * CSN_EVAL_BATCH
-    rr = {"dense": [], "bm25": [], "fusion": []}
-    for s in range(0, n, CSN_EVAL_BATCH):
-        part = test[s:s + CSN_EVAL_BATCH]
-        dense = q_test[s:s + CSN_EVAL_BATCH] @ code_test[s:s + CSN_EVAL_BATCH].T
-        lex = pair_scores([r["docstring_tokens"] for r in part], [r["code_tokens"] for r in part], idf)
-        rr["dense"].append(reciprocal_ranks(dense))
-        rr["bm25"].append(reciprocal_ranks(lex))
-        rr["fusion"].append(reciprocal_ranks(fuse(dense, lex, w)))
-    mrr = {k: float(np.concatenate(v).mean()) for k, v in rr.items()}
-    check, _ = batched_mrr(q_test, code_test)
-    assert abs(check - mrr["dense"]) < 1e-6, (check, mrr["dense"])  # the same protocol as `fnbody eval search`
-
+    # Test: the same CSN batches for all three rankers (fnbody eval search --hybrid W runs the same code).
+    data = f"{args.corpus.rstrip('/').split('/')[-1]}/test"
+    dense_mrr, n = batched_mrr(q_test, code_test)
+    lex, fused = score_lexical(emb, test, "csn1000", data, (q_test, code_test), idf, w, "train")
+    mrr = {"dense": dense_mrr, "bm25": lex["mrr"], "fusion": fused["mrr"]}
     base = mrr["dense"]
-    sig = f"MRR|protocol:csn1000|n:{n}|data:{args.corpus.rstrip('/').split('/')[-1]}/test|model:{emb.cfg.encoder}|fp:{emb.fingerprint[:12]}"
+    sig = f"MRR|protocol:csn1000|n:{n}|data:{data}|model:{emb.cfg.encoder}|fp:{emb.fingerprint[:12]}"
     print(f"valid (first {len(valid)} pairs, whole pool) fusion weight grid: " + ", ".join(f"{w_:g}:{m:.4f}" for m, w_ in sorted(grid, key=lambda g: g[1])))
     print(f"dense {emb.cfg.encoder}: test MRR {base:.4f}  (baseline)  {sig}")
     print(f"bm25 (no training):     test MRR {mrr['bm25']:.4f}  = {mrr['bm25'] / base:.2f}x the dense run")

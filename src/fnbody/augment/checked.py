@@ -128,21 +128,24 @@ def doctest_examples(prompt: str) -> list[tuple[str, str]]:
         return []
 
 
-def example_count(prompt: str) -> int:
-    """How many of the docstring's examples a candidate is checked against: its doctests, else its one-line call examples."""
-    return len(doctest_examples(prompt)) or len(call_examples(prompt))
+def example_check(prompt: str) -> tuple[int, str]:
+    """(examples, check code) for the prompt's docstring: its doctests, else its one-line call examples; (0, "") when none.
+
+    The check code goes after `prompt + body` and raises AssertionError when an example fails.
+    """
+    from fnbody.augment.prompt import prompt_docstring
+
+    examples = doctest_examples(prompt)
+    if examples:
+        return len(examples), _HARNESS + f"_fnbody_run_doctests({prompt_docstring(prompt)!r})\n"
+    cases = call_examples(prompt)
+    return (len(cases), _CALL_HARNESS + f"_fnbody_check_examples({cases!r})\n") if cases else (0, "")
 
 
 def doctest_program(prompt: str, body: str) -> str | None:
     """The program that checks `body` against the docstring's examples (doctests, else call examples); None when there are none."""
-    from fnbody.augment.prompt import prompt_docstring
-
-    if doctest_examples(prompt):
-        return prompt + body + _HARNESS + f"_fnbody_run_doctests({prompt_docstring(prompt)!r})\n"
-    cases = call_examples(prompt)
-    if not cases:
-        return None
-    return prompt + body + _CALL_HARNESS + f"_fnbody_check_examples({cases!r})\n"
+    n, check = example_check(prompt)
+    return prompt + body + check if n else None
 
 
 @dataclass
@@ -235,13 +238,13 @@ class ExecutionCheckedGenerator:
 
         jobs: list[tuple[Candidate, str]] = []
         for prompt, cands in zip(prompts, candidates):
-            n_examples = example_count(prompt)
+            n_examples, check = example_check(prompt)  # the docstring is parsed once per prompt, not per candidate
             for c in cands:
                 c.syntax_error = syntax_error(prompt + c.text)
                 c.parses = c.syntax_error is None
                 c.doctests = n_examples
                 if c.parses and n_examples:
-                    jobs.append((c, doctest_program(prompt, c.text)))
+                    jobs.append((c, prompt + c.text + check))
         if jobs:
             results = run_programs([src for _, src in jobs], self.limits, workers=self.workers)
             for (c, _), r in zip(jobs, results):

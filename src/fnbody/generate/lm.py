@@ -48,6 +48,7 @@ class _Row:
     generated: int = 0
     emitted: int = 0  # characters handed out by `stream`
     stop: tuple[str, ...] = field(default_factory=tuple)
+    has_code: bool = False  # require_body: the body has a line of code (then nothing is masked any more)
 
     @property
     def done(self) -> bool:
@@ -178,11 +179,14 @@ class LMGenerator:
         """`require_body`: until the body has a line of code (comments don't count), a row at a line start may only
         indent to the body's level and begin a line there."""
         for k, row in enumerate(rows):
-            if row.done or not row.prompt.endswith("\n"):
+            if row.done or row.has_code or not row.prompt.endswith("\n"):
                 continue
             line = row.text.rsplit("\n", 1)[-1]
-            if line.strip() or any(ln.strip() and not ln.lstrip().startswith("#") for ln in row.text.splitlines()):
-                continue  # a line is underway, or the body already has code
+            if line.strip():
+                continue  # a line is underway
+            if any(ln.strip() and not ln.lstrip().startswith("#") for ln in row.text.splitlines()):
+                row.has_code = True  # found once; later steps skip the row without rescanning its text
+                continue
             logits[k].masked_fill_(self._indent_mask(body_indent(row.prompt), line), float("-inf"))
         return logits
 

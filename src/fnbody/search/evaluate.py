@@ -12,7 +12,7 @@ import numpy as np
 
 from fnbody.errors import FnbodyError
 from fnbody.search.embed import Embedder
-from fnbody.search.lexical import IDF
+from fnbody.search.lexical import IDF, check_weight
 from fnbody.search.metrics import CSN_EVAL_BATCH, batched_mrr, mean_reciprocal_rank, reciprocal_ranks
 
 CSN_SAMPLE = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "csn-python-sample"
@@ -86,8 +86,7 @@ def evaluate_search(run_dir: str | Path, corpus: str | Path, *, csn_sample: str 
     from fnbody.corpus.io import iter_split, read_split
     from fnbody.progress import progress
 
-    if not (hybrid >= 0 and np.isfinite(hybrid)):
-        raise FnbodyError(f"hybrid weight must be a finite number >= 0, got {hybrid}")
+    check_weight(hybrid)
     emb = Embedder.load(run_dir, device)
     test = read_split(corpus, "test", max_samples)
     if len(test) < 2:

@@ -331,8 +331,9 @@ class SearchIndex:
         """`query` for several texts in one product."""
         if k < 1:
             raise FnbodyError(f"k must be >= 1, got {k}")
-        if not (hybrid >= 0 and np.isfinite(hybrid)):
-            raise FnbodyError(f"hybrid weight must be a finite number >= 0, got {hybrid}")
+        from fnbody.search.lexical import check_weight
+
+        check_weight(hybrid)
         if hybrid > 0 and self.bm25 is None:
             raise FnbodyError(f"{self.path}: index has no BM25 channel for hybrid search; rebuild it with "
                               f"`fnbody search index RUN --corpus DIR --out {self.path} --bm25`")

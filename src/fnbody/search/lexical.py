@@ -40,6 +40,13 @@ def query_terms(tokens: Iterable[str]) -> list[str]:
     return [w for w in dict.fromkeys(subtokens(tokens)) if w not in STOP]
 
 
+def check_weight(weight: float) -> float:
+    """`weight` when it is a usable fusion weight (finite, >= 0); FnbodyError otherwise."""
+    if not (weight >= 0 and math.isfinite(weight)):
+        raise FnbodyError(f"hybrid weight must be a finite number >= 0, got {weight}")
+    return weight
+
+
 def lexical_signature(k1: float = K1, b: float = B) -> str:
     """The signature piece naming this lexical ranker, e.g. `lex:bm25-k1.2-b0.75`."""
     return f"lex:bm25-k{k1:g}-b{b:g}"
