@@ -99,8 +99,12 @@ class Embedder:
         self.quantized = bool(quantize)
         if self.quantized and str(device) != "cpu":
             raise FnbodyError(f"int8 query encoding runs on the CPU only, not {device}")
-        # The towers may be one module (minilm shares them), so the int8 tower is a copy and code keeps fp32 weights.
-        self.query_encoder = quantize_linear_int8(model.query_encoder) if self.quantized else model.query_encoder
+        from fnbody.search.leanbert import lean_encoder
+
+        # Queries are the latency path: a pretrained BERT tower runs as a lean copy that matches it (leanbert), and
+        # the towers may be one module (minilm shares them), so the int8 tower is a copy and code keeps fp32 weights.
+        query_encoder = lean_encoder(model.query_encoder, query_vocab.size)
+        self.query_encoder = quantize_linear_int8(query_encoder) if self.quantized else query_encoder
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", *, quantize: bool = False) -> "Embedder":

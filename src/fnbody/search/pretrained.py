@@ -160,11 +160,16 @@ class PretrainedEncoder(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         mask = ids != self.pad_id  # (B, T)
         h = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # (B, T, H)
-        m = mask.unsqueeze(-1).to(h.dtype)
-        if self.pooling == "mean":
-            v = (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
-        elif self.pooling == "cls":
-            v = h[:, 0]
-        else:  # max over real tokens
-            v = h.masked_fill(m == 0, torch.finfo(h.dtype).min).max(1).values
-        return nn.functional.normalize(v, dim=-1) if self.normalize else v
+        return pool(h, mask, self.pooling, self.normalize)
+
+
+def pool(h: torch.Tensor, keep: torch.Tensor, mode: str, normalize: bool) -> torch.Tensor:
+    """(B, T, H) hidden states and (B, T) real-token mask -> (B, H) by mean, cls or max pooling, optionally unit length."""
+    m = keep.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
+    if mode == "mean":
+        v = (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
+    elif mode == "cls":
+        v = h[:, 0]
+    else:  # max over real tokens
+        v = h.masked_fill(m == 0, torch.finfo(h.dtype).min).max(1).values
+    return nn.functional.normalize(v, dim=-1) if normalize else v
