@@ -50,6 +50,11 @@ def main() -> int:
     ap.add_argument("--checked", type=int, default=5, help="candidates per problem (greedy + N-1 samples)")
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--rag-k", type=int, default=2)
+    ap.add_argument("--rag-budget-tokens", type=int, default=0, help="cap on context + prompt tokens (0 = the model's context "
+                    "minus the generation room, at most 1024); match the budget the model was trained with")
+    ap.add_argument("--rag-hybrid", type=float, default=0.0, metavar="W",
+                    help="> 0: BLEU also with retrieval ranked by z(dense) + W * z(BM25) (setting 'rag+bm25'), and HumanEval's "
+                         "rag-greedy uses it; the index needs BM25 (built with it here when missing)")
     ap.add_argument("--max-new-tokens", type=int, default=160)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
@@ -75,7 +80,8 @@ def main() -> int:
     if not (index_dir / "index.json").exists():
         if not args.search_run:
             ap.error(f"{index_dir} holds no index: pass --search-run to build it")
-        build_index(args.search_run, read_split(args.corpus, "train"), index_dir, overwrite=True, source=f"{args.corpus}:train")
+        build_index(args.search_run, read_split(args.corpus, "train"), index_dir, overwrite=True, source=f"{args.corpus}:train",
+                    bm25=args.rag_hybrid > 0)
     index = SearchIndex.load(index_dir)
     gen = load_model(args.model, args.device, args.gguf)
     params = sum(p.numel() for p in gen.model.parameters())
@@ -89,14 +95,18 @@ def main() -> int:
 
     # --- BLEU on the test split, with and without retrieval ----------------------------------------
     rows = [{**r, "task_id": task_id(r)} for r in read_split(args.corpus, "test", args.bleu_samples)] if args.bleu_samples else []
-    rag = RetrievalAugmentedGenerator(gen, index, k=args.rag_k, exclude_repo=repo_lookup(rows))
+    rag = RetrievalAugmentedGenerator(gen, index, k=args.rag_k, exclude_repo=repo_lookup(rows), budget_tokens=args.rag_budget_tokens)
+    settings = [("plain", gen), ("rag", rag)]
+    if args.rag_hybrid > 0:
+        settings.append(("rag+bm25", RetrievalAugmentedGenerator(gen, index, k=args.rag_k, exclude_repo=repo_lookup(rows), budget_tokens=args.rag_budget_tokens,
+                                                                  hybrid=args.rag_hybrid)))
     bleu = {}
-    for name, g in (("plain", gen), ("rag", rag)) if rows else ():
+    for name, g in settings if rows else ():
         outs, secs = timed(lambda g=g: g.generate([r["prompt"] for r in rows], cfg))
         rep = bleu_report([o[0].text for o in outs], [r["body"] for r in rows], [r["code"] for r in rows])["metrics"]
         bleu[name] = {k: rep[k]["score"] for k in ("seed-bleu", "bleu", "codexglue-bleu", "chrf")} | {"seconds": secs, "signature": rep["bleu"]["signature"]}
         print(f"BLEU {name}: {bleu[name]}", file=sys.stderr, flush=True)
-    leaks = sum(h["repo"] == r["repo"] for rt, r in zip(rag.last_retrievals, rows) for h in rt.hits) if rows else 0
+    leaks = sum(h["repo"] == r["repo"] for _, g in settings[1:] for rt, r in zip(g.last_retrievals, rows) for h in rt.hits) if rows else 0
     bleu["own_repo_hits"] = leaks
     bleu["n"] = len(rows)
     res["bleu"] = bleu
@@ -109,7 +119,7 @@ def main() -> int:
     he = {"problems": f"HumanEval first {len(ids)} of 164" if len(ids) < 164 else "HumanEval all 164"}
     checked = ExecutionCheckedGenerator(gen, n_candidates=args.checked, temperature=args.temperature)
     wanted = args.he_configs.split(",")
-    settings = [(name, g) for key, name, g in (("greedy", "greedy", gen), ("rag-greedy", "rag-greedy", RetrievalAugmentedGenerator(gen, index, k=args.rag_k)),
+    settings = [(name, g) for key, name, g in (("greedy", "greedy", gen), ("rag-greedy", "rag-greedy", RetrievalAugmentedGenerator(gen, index, k=args.rag_k, budget_tokens=args.rag_budget_tokens, hybrid=args.rag_hybrid)),
                                                ("checked", f"checked-{args.checked}", checked)) if key in wanted]
     for name, g in settings:
         outs, secs = timed(lambda g=g: g.generate(prompts, cfg))
@@ -141,6 +151,11 @@ def main() -> int:
         print(f"test BLEU (n={len(rows)}): plain {p['bleu']:.2f} -> rag {r['bleu']:.2f} ({r['bleu'] / max(p['bleu'], 1e-9) - 1:+.1%}); "
               f"seed-BLEU {p['seed-bleu']:.4f} -> {r['seed-bleu']:.4f} ({r['seed-bleu'] / max(p['seed-bleu'], 1e-9) - 1:+.1%}); "
               f"own-repo hits {leaks}  [target >= +10%]")
+    h = bleu.get("rag+bm25")
+    if p and h:
+        print(f"test BLEU (n={len(rows)}), retrieval fused with BM25 (weight {args.rag_hybrid:g}): plain {p['bleu']:.2f} -> {h['bleu']:.2f} "
+              f"({h['bleu'] / max(p['bleu'], 1e-9) - 1:+.1%}); seed-BLEU {p['seed-bleu']:.4f} -> {h['seed-bleu']:.4f} "
+              f"({h['seed-bleu'] / max(p['seed-bleu'], 1e-9) - 1:+.1%})  [target >= +10%]")
     for name, _ in settings:
         print(f"{he['problems']}: {name} pass@1 {he[name]['pass@1']:.3f} ({he[name]['passed']}/{len(ids)}) in {he[name]['seconds']}s")
     print(f"checked diagnostics: {he['checked_diagnostics']}  [target pass@1 >= 0.083]")

@@ -29,6 +29,8 @@ W=${GPU_WORK:-/tmp/gpu_augment}
 DATA=${GPU_DATA:-/tmp/g}
 SMOKE=${GPU_AUG_SMOKE:-}
 PHASE=${PHASE:-all}
+RAG_HYBRID=${RAG_HYBRID:-0}  # > 0: the train index also gets BM25, and lm training and evaluation retrieve by dense + W * BM25
+BM25_FLAG=""; [ "$RAG_HYBRID" = 0 ] || BM25_FLAG=--bm25
 mkdir -p "$OUT" "$W"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 export PYTHONPATH="${FNBODY_SRC:-$ROOT/src}${EXTRA_SITE:+:$EXTRA_SITE}${PYTHONPATH:+:$PYTHONPATH}"
@@ -135,7 +137,7 @@ EOF
   fi
   # 3. The retriever for phase lm: the fine-tuned run when it finished, else the frozen one.
   BEST=$W/search/minilm-ft; [ -f "$BEST/eval.json" ] || BEST=$W/search/minilm
-  timeout 300 "${FN[@]}" search index "$BEST" --corpus "$CORPUS" --splits train --out "$W/index" --device "$DEV" --overwrite > "$W/index.log" 2>&1
+  timeout 300 "${FN[@]}" search index "$BEST" --corpus "$CORPUS" --splits train --out "$W/index" --device "$DEV" --overwrite $BM25_FLAG > "$W/index.log" 2>&1
   say "index of train with $(basename "$BEST"): rc $? $(tail -n 2 "$W/index.log" | tr '\n' ' ')"
   # 4. From-scratch encoders, when asked for.
   for enc in ${ENCODERS:-}; do search_one "$enc" "$SEARCH_S"; done
@@ -147,7 +149,7 @@ if [ "$PHASE" = lm ] || [ "$PHASE" = all ]; then
   "$PY" -c 'from fnbody.evaluate.execution import sandbox_info; print("sandbox:", sandbox_info())'
   if [ ! -f "$W/index/index.json" ]; then  # no phase-search index: a quick NBoW one
     search_one nbow "$SEARCH_S"
-    timeout 300 "${FN[@]}" search index "$W/search/nbow" --corpus "$CORPUS" --splits train --out "$W/index" --device "$DEV" --overwrite
+    timeout 300 "${FN[@]}" search index "$W/search/nbow" --corpus "$CORPUS" --splits train --out "$W/index" --device "$DEV" --overwrite $BM25_FLAG
     say "nbow index: rc $?"
   fi
   T1=$(date +%s)
@@ -156,7 +158,7 @@ if [ "$PHASE" = lm ] || [ "$PHASE" = all ]; then
   timeout $(( LM_S + 420 )) "${FN[@]}" train lm --corpus "$CORPUS" --out "$W/lm" --init "$GGUF" --device "$DEV" $LM_CAP \
     --block-size "$BLOCK" --batch-size "$LM_BATCH" --lr 2e-4 --max-epochs 1 \
     --set train.max_seconds="$LM_S" --set train.warmup_steps=30 --set train.log_every=10 --set train.show_progress=false \
-    --set data.rag_index="$W/index" --set data.rag_k=2 --set data.rag_fraction=0.5 \
+    --set data.rag_index="$W/index" --set data.rag_k=2 --set data.rag_fraction=0.5 --set data.rag_hybrid="$RAG_HYBRID" \
     --set data.bleu_samples=0 --set data.eval_blocks="$EVAL_BLOCKS" --set data.eval_batch_size=16
   say "lm: rc $?"
   cp "$W/lm/metrics.jsonl" "$OUT/lm_metrics.jsonl" 2>/dev/null
@@ -167,7 +169,7 @@ if [ "$PHASE" = lm ] || [ "$PHASE" = all ]; then
   timeout 300 "$PY" -m fnbody.pipeline.tasks evaluate_generator "$EVAL"
   say "eval: rc $? $(tr -d '\n ' < "$W/eval/summary.json" 2>/dev/null | head -c 1200)"
   cp "$W/eval/summary.json" "$OUT/eval_summary.json" 2>/dev/null
-  AUG="{\"run\": \"$W/lm\", \"corpus\": \"$CORPUS\", \"index\": \"$W/index\", \"plain\": \"$W/eval\", \"out\": \"$W/augment\", \"name\": \"smollm2-rag-ft\", \"rag_k\": 2, \"checked_n\": $CHECK_N, \"checked_temperature\": 0.8, \"bleu_samples\": $BLEU_N, \"humaneval_problems\": $HE_N, \"max_new_tokens\": $NEW, \"batch_size\": $BATCH, \"timeout\": 10.0, \"device\": \"$DEV\", \"combined\": true, \"require_body\": true}"
+  AUG="{\"run\": \"$W/lm\", \"corpus\": \"$CORPUS\", \"index\": \"$W/index\", \"plain\": \"$W/eval\", \"out\": \"$W/augment\", \"name\": \"smollm2-rag-ft\", \"rag_k\": 2, \"rag_hybrid\": $RAG_HYBRID, \"checked_n\": $CHECK_N, \"checked_temperature\": 0.8, \"bleu_samples\": $BLEU_N, \"humaneval_problems\": $HE_N, \"max_new_tokens\": $NEW, \"batch_size\": $BATCH, \"timeout\": 10.0, \"device\": \"$DEV\", \"combined\": true, \"require_body\": true}"
   timeout 420 "$PY" -m fnbody.pipeline.tasks evaluate_augmented "$AUG"
   say "augment: rc $? $(tr -d '\n ' < "$W/augment/summary.json" 2>/dev/null | head -c 3000)"
   cp "$W/augment/summary.json" "$OUT/augment_summary.json" 2>/dev/null

@@ -36,15 +36,18 @@ class FixedGenerator:
 class FakeIndex:
     """Hand-made hits, best first, for every query."""
 
-    def __init__(self, hits):
+    def __init__(self, hits, bm25=None):
         self.hits = hits
+        self.bm25 = bm25
         self.queries: list[str] = []
+        self.weights: list[float] = []
 
     def __len__(self):
         return len(self.hits)
 
-    def query_many(self, texts, k):
+    def query_many(self, texts, k, *, hybrid=0.0):
         self.queries += list(texts)
+        self.weights.append(hybrid)
         return [self.hits[:k] for _ in texts]
 
 
@@ -106,6 +109,19 @@ def test_training_contexts_exclude_self_and_repo():
     # A function with nothing to search for trains without context instead of stopping the run.
     bare = {"repo": "x", "prompt": 'def a(b):\n    """a <-- -a"""\n', "body": "    return -a\n"}
     assert training_contexts([bare, rec], index, k=2, fits=lambda t: True)[0] == ""
+
+
+def test_hybrid_retrieval_needs_bm25_and_reaches_the_index():
+    base = FixedGenerator([Completion("    return 7\n", mean_logprob=-0.1)])
+    prompt = 'def g():\n    """Do g."""\n'
+    with pytest.raises(FnbodyError, match="--bm25"):
+        RetrievalAugmentedGenerator(base, FakeIndex([_hit("other", "theirs")]), k=1, hybrid=0.5)
+    index = FakeIndex([_hit("other", "theirs")], bm25=object())
+    with pytest.raises(FnbodyError, match="hybrid weight"):
+        RetrievalAugmentedGenerator(base, index, k=1, hybrid=-1.0)
+    RetrievalAugmentedGenerator(base, index, k=1, hybrid=0.5, budget_chars=5000).generate([prompt], GenerationConfig())
+    (ctx,) = training_contexts([{"repo": "mine", "prompt": prompt, "body": "    return 1\n"}], index, k=1, fits=lambda t: True, hybrid=2.0)
+    assert index.weights == [0.5, 2.0] and "def other" in ctx
 
 
 @pytest.fixture(scope="module")
@@ -273,6 +289,30 @@ def test_cli_generate_and_complete_with_rag_and_checked(real_index, tmp_path, ca
     assert main(["complete", str(run), str(prompt), "--checked", "-1"]) == 2
 
 
+def test_rag_hybrid_on_a_real_bm25_index_follows_the_fused_ranking(real_index, tmp_path):
+    from fnbody.augment.rag import query_all
+    from fnbody.augment.prompt import query_text
+    from fnbody.corpus.io import read_split
+    from fnbody.search.index import SearchIndex, build_index
+
+    corpus, run, plain_index, _ = real_index
+    rows = read_split(corpus, "test", 3)
+    base = FixedGenerator([Completion("    return 7\n", mean_logprob=-0.1)])
+    with pytest.raises(FnbodyError, match="--bm25"):  # the fixture index has no lexical channel
+        RetrievalAugmentedGenerator(base, SearchIndex.load(plain_index), k=1, hybrid=0.3)
+    build_index(run, read_split(corpus, "train"), tmp_path / "idx", bm25=True)
+    index = SearchIndex.load(tmp_path / "idx")
+    queries = [query_text(r["prompt"]) for r in rows]
+    for w in (0.0, 5.0):
+        got = query_all(index, queries, 4, hybrid=w)
+        want = [index.query(q, 4, hybrid=w) for q in queries]
+        assert [[h["code"] for h in g] for g in got] == [[h["code"] for h in x] for x in want]
+    rag = RetrievalAugmentedGenerator(base, index, k=2, hybrid=5.0, budget_chars=20000)
+    (rt,) = rag.retrieve([rows[0]["prompt"]], exclude_repos=[rows[0]["repo"]])
+    fused = [h for h in index.query(queries[0], 20, hybrid=5.0) if h["repo"] != rows[0]["repo"]]
+    assert [h["func_name"] for h in rt.hits] == [h["func_name"] for h in fused[:2]]
+
+
 def test_serve_accepts_the_flags():
     import argparse
 
@@ -280,8 +320,8 @@ def test_serve_accepts_the_flags():
 
     parser = argparse.ArgumentParser()
     serve.register(parser.add_subparsers(), {})
-    args = parser.parse_args(["serve", "RUN", "--rag-index", "IDX", "--rag-k", "3", "--checked", "4"])
-    assert (args.rag_index, args.rag_k, args.checked) == ("IDX", 3, 4)
+    args = parser.parse_args(["serve", "RUN", "--rag-index", "IDX", "--rag-k", "3", "--checked", "4", "--rag-hybrid", "0.3"])
+    assert (args.rag_index, args.rag_k, args.checked, args.rag_hybrid) == ("IDX", 3, 4, 0.3)
 
 
 # ----- training with retrieved context --------------------------------------------------------------
@@ -324,6 +364,8 @@ def test_rag_fraction_picks_a_stable_share_of_training_functions():
     assert all(with_context(r, 1.0) for r in recs[:50])
     with pytest.raises(ValueError, match="rag_fraction"):
         LMDataConfig(rag_fraction=0.0)
+    with pytest.raises(ValueError, match="rag_hybrid"):
+        LMDataConfig(rag_hybrid=float("nan"))
 
 
 def test_rag_fraction_contexts_only_for_chosen_functions(real_index):
@@ -337,6 +379,8 @@ def test_rag_fraction_contexts_only_for_chosen_functions(real_index):
     contexts, key = _rag_contexts(LMDataConfig(rag_index=str(index), rag_k=1, rag_fraction=0.5, block_size=512), tok)
     got = contexts(records)
     chosen = [with_context(r, 0.5) for r in records]
-    assert "fraction:0.5" in key and 0 < sum(chosen) < len(records)
+    assert "fraction:0.5" in key and "hybrid" not in key and 0 < sum(chosen) < len(records)
+    with pytest.raises(FnbodyError, match="--bm25"):  # hybrid retrieval for training needs the lexical channel too
+        _rag_contexts(LMDataConfig(rag_index=str(index), rag_hybrid=0.3), tok)
     assert all(c == "" for c, keep in zip(got, chosen) if not keep)
     assert any(c for c, keep in zip(got, chosen) if keep)

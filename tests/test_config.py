@@ -1,11 +1,12 @@
 """Typed configs: type checks, unknown keys, overrides (including list items), TOML errors."""
 
+import json
 from dataclasses import dataclass, field
 from typing import Literal
 
 import pytest
 
-from fnbody.config import apply_overrides, config_hash, from_dict, load_toml, read_run_info, write_run_info
+from fnbody.config import apply_overrides, check_resume_config, config_hash, from_dict, load_toml, read_run_info, write_run_info
 from fnbody.errors import FnbodyError
 
 
@@ -67,3 +68,17 @@ def test_toml_and_run_info(tmp_path):
     assert info["kind"] == "test" and info["config"]["steps"] == 3 and info["argv"] == ["fnbody", "x"]
     with pytest.raises(FnbodyError, match="not an fnbody run folder"):
         read_run_info(tmp_path)
+
+
+def test_resume_check_treats_a_key_the_run_predates_as_its_default(tmp_path):
+    run = tmp_path / "run"
+    write_run_info(run, "test", Outer())
+    info = read_run_info(run)
+    del info["config"]["inner"]["lr"]  # saved before `lr` existed
+    (run / "fnbody.json").write_text(json.dumps(info))
+    check_resume_config(run, Outer(), {"inner": ("lr", "name")})  # the default then = the default now: resumes
+    with pytest.raises(FnbodyError, match=r"inner.lr was 0.001, now 0.5"):
+        check_resume_config(run, Outer(inner=Inner(lr=0.5)), {"inner": ("lr",)})
+    with pytest.raises(FnbodyError, match=r"inner.name was 'a', now 'z'"):
+        check_resume_config(run, Outer(inner=Inner(name="z")), {"inner": None})
+

@@ -28,7 +28,7 @@ def tiny_run(tmp_path_factory):
     argv = ["run", "--preset", "tiny", "--out", str(out), "--quiet", "--set", f"corpus.sources={sources}",
             "--set", "corpus.max_files=0", "--set", "search.max_steps=3", "--set", "char_rnn.max_steps=10",
             "--set", "char_rnn.sweep_max_steps=3", "--set", "lms.0.max_steps=4", "--set", "evaluation.humaneval_problems=2",
-            "--set", "evaluation.bleu_samples=4"]
+            "--set", "evaluation.bleu_samples=4", "--set", "augment.rag_hybrid=0.3"]
     assert main(argv) == 0
     return out, argv
 
@@ -60,6 +60,7 @@ def test_report_has_every_section_with_real_numbers(tiny_run):
     for side in ("plain", "rag"):
         assert _is_number(beyond["bleu"][side]["bleu"]["score"]) and "data:" in beyond["bleu"][side]["bleu"]["signature"]
     assert "rag:k2" in beyond["bleu"]["rag"]["bleu"]["signature"]
+    assert "+bm25|hybrid:0.3|" in beyond["bleu"]["rag"]["bleu"]["signature"] and beyond["index"]["hybrid"] == 0.3
     for side in ("plain", "rag", "checked", "rag+checked"):
         assert _is_number(beyond["humaneval"][side]["pass@1"]) and beyond["humaneval"][side]["tasks"] == 2
     assert "checked:n2" in beyond["humaneval"]["checked"]["signature"]
@@ -68,6 +69,7 @@ def test_report_has_every_section_with_real_numbers(tiny_run):
     for heading in ("## Data", "## Code search", "## Char-RNN baseline", "### Sweep", "## Generation", "## BLEU during training", "## Sample generations",
                     "## Beyond the report"):
         assert heading in md
+    assert "NBoW encoder fused with BM25, weight 0.3" in md
     for fig in ("token_lengths.png", "search_nbow_curves.png", "char_rnn_loss.png", "lm_gpt2-scratch_curves.png"):
         assert (out / "figures" / fig).stat().st_size > 1000
     assert (out / "fnbody.json").exists() and (out / "logs" / "corpus.log").exists()
@@ -100,3 +102,5 @@ def test_presets_load_and_bad_overrides_are_named():
 
     with pytest.raises(FnbodyError, match="expected an integer"):
         apply_overrides(load_preset("tiny"), ["evaluation.bleu_samples=many"])
+    with pytest.raises(FnbodyError, match="rag_hybrid"):
+        apply_overrides(load_preset("tiny"), ["augment.rag_hybrid=-1"])

@@ -239,8 +239,10 @@ def check_resume_config(run_dir: str | Path, cfg: Any, keys: dict[str, tuple[str
     saved = read_run_info(run_dir).get("config", {})
     now = to_dict(cfg)
     for section, names in keys.items():
+        # A key the saved run predates had its default value then (a run from before the key existed resumes as it was).
+        defaults = {f.name: f.default for f in dataclasses.fields(getattr(cfg, section)) if f.default is not dataclasses.MISSING}
         for k in names if names is not None else [n for n in now[section] if n not in ignore]:
-            before, after = saved.get(section, {}).get(k), now[section][k]
+            before, after = saved.get(section, {}).get(k, defaults.get(k)), now[section][k]
             if before != after:
                 raise FnbodyError(f"{run_dir}: cannot resume: {section}.{k} was {before!r}, now {after!r}")
 

@@ -1,6 +1,7 @@
 """Retrieval-augmented generation: similar training functions go before the prompt as context.
 
-For each prompt the search index is queried with the docstring (else the function name); the best
+For each prompt the search index is queried with the docstring (else the function name), by its dense
+vectors alone or, with `hybrid` W > 0, by z(dense) + W * z(BM25) (an index built with --bm25); the best
 `k` functions that survive the leakage filters are written, as plain code under a one-line comment
 naming their source, in front of the prompt. The most similar function comes last, nearest the
 prompt. Context goes first because both decoders depend on it: the LM generator cuts over-long
@@ -119,17 +120,19 @@ class RetrievalAugmentedGenerator:
     """A `Generator` that prefixes each prompt with its top-k retrieved training functions."""
 
     def __init__(self, base: Generator, index, k: int = 2, exclude_repo: Callable[[str], str | None] | None = None,
-                 budget_tokens: int = 0, budget_chars: int = 0) -> None:
+                 budget_tokens: int = 0, budget_chars: int = 0, hybrid: float = 0.0) -> None:
         if k < 1:
             raise FnbodyError(f"rag k must be >= 1, got {k}")
         if budget_tokens < 0 or budget_chars < 0:
             raise FnbodyError("rag budgets must be >= 0 (0 = the model's own limit)")
+        check_hybrid(index, hybrid)
         self.base = base
         self.index = index
         self.k = k
         self.exclude_repo = exclude_repo
         self.budget_tokens = budget_tokens
         self.budget_chars = budget_chars
+        self.hybrid = hybrid  # > 0: rank retrieval hits by dense + hybrid * BM25 (z-scored), see SearchIndex.query
         self.name = f"{base.name}+rag{k}"
         self.last_retrievals: list[Retrieval] = []
         count = getattr(base, "count_tokens", None)
@@ -164,7 +167,7 @@ class RetrievalAugmentedGenerator:
         if exclude_repos is None:
             exclude_repos = [self.exclude_repo(p) if self.exclude_repo else None for p in prompts]
         queries = [query_text(p) for p in prompts]
-        fetched = query_all(self.index, queries, min(self.k + FETCH_EXTRA, len(self.index)))
+        fetched = query_all(self.index, queries, min(self.k + FETCH_EXTRA, len(self.index)), self.hybrid)
         fits = self.fits(max_new_tokens)
         out = []
         for prompt, query, hits, repo in zip(prompts, queries, fetched, exclude_repos):
@@ -186,11 +189,21 @@ class RetrievalAugmentedGenerator:
         yield from self.base.stream(self.last_retrievals[0].context + prompt, cfg)
 
 
-def query_all(index, queries: Sequence[str], k: int) -> list[list[dict]]:
+def check_hybrid(index, hybrid: float) -> None:
+    """FnbodyError unless `hybrid` is a usable fusion weight and, when > 0, the index has the BM25 channel it needs."""
+    from fnbody.search.lexical import check_weight
+
+    check_weight(hybrid)
+    if hybrid > 0 and getattr(index, "bm25", None) is None:
+        raise FnbodyError(f"{getattr(index, 'path', 'index')}: hybrid retrieval needs an index built with BM25; rebuild it with "
+                          f"`fnbody search index RUN --corpus DIR --splits train --out INDEX --bm25`")
+
+
+def query_all(index, queries: Sequence[str], k: int, hybrid: float = 0.0) -> list[list[dict]]:
     """`index.query_many` where empty queries (nothing searchable in the prompt) get no hits instead of an error."""
     live = [i for i, q in enumerate(queries) if q]
     out: list[list[dict]] = [[] for _ in queries]
-    for i, hits in zip(live, index.query_many([queries[i] for i in live], k) if live else []):
+    for i, hits in zip(live, index.query_many([queries[i] for i in live], k, hybrid=hybrid) if live else []):
         out[i] = hits
     return out
 
@@ -201,8 +214,9 @@ def repo_lookup(rows: Sequence[dict]) -> Callable[[str], str | None]:
     return by_prompt.get
 
 
-def training_contexts(records: Sequence[dict], index, k: int, fits: Callable[[str], bool], batch: int = 256) -> list[str]:
-    """Retrieved context for each training record, excluding the function itself and its whole repo."""
+def training_contexts(records: Sequence[dict], index, k: int, fits: Callable[[str], bool], batch: int = 256,
+                      hybrid: float = 0.0) -> list[str]:
+    """Retrieved context for each training record, excluding the function itself and its whole repo; `hybrid` as in generation."""
     from fnbody.augment.prompt import query_text
     from fnbody.progress import progress
 
@@ -210,7 +224,7 @@ def training_contexts(records: Sequence[dict], index, k: int, fits: Callable[[st
     fetch = min(k + FETCH_EXTRA, len(index))
     for s in progress(range(0, len(records), batch), desc="retrieve context", total=(len(records) + batch - 1) // batch, unit="batch"):
         part = records[s:s + batch]
-        hits = query_all(index, [query_text(r["prompt"]) for r in part], fetch)
+        hits = query_all(index, [query_text(r["prompt"]) for r in part], fetch, hybrid)
         for r, hs in zip(part, hits):
             own = _normalise(r.get("code") or r["prompt"] + r.get("body", ""))
             allowed = [h for h in hs if h.get("repo") != r.get("repo") and _normalise(h.get("code") or "") != own]

@@ -43,6 +43,8 @@ def add_augment_args(p: argparse.ArgumentParser) -> None:
                                                         "--splits train`); its top-k matches go before each prompt")
     g.add_argument("--rag-k", type=int, default=2, help="functions retrieved per prompt (default 2)")
     g.add_argument("--rag-budget-tokens", type=int, default=0, help="cap on context + prompt tokens (0 = the model's context minus the generation room)")
+    g.add_argument("--rag-hybrid", type=float, default=0.0, metavar="W",
+                   help="rank retrieval by z(dense) + W * z(BM25), for an index built with --bm25 (default 0: dense only)")
     g.add_argument("--rag-keep-own-repo", action="store_true", help="allow context from the prompt's own repo (excluded by default when prompt rows carry `repo`)")
     g.add_argument("--checked", type=int, default=0, metavar="N", help="sample N candidates, drop unparsable ones, rank by the docstring's "
                                                                         "doctests (run in the sandbox), then mean log-probability (0 = off)")
@@ -58,7 +60,8 @@ def augment_generator(gen, args: argparse.Namespace, rows: list[dict] | None = N
 
         index = SearchIndex.load(args.rag_index, device="cpu")
         exclude = None if args.rag_keep_own_repo or not rows else repo_lookup(rows)
-        gen = RetrievalAugmentedGenerator(gen, index, k=args.rag_k, exclude_repo=exclude, budget_tokens=args.rag_budget_tokens)
+        gen = RetrievalAugmentedGenerator(gen, index, k=args.rag_k, exclude_repo=exclude, budget_tokens=args.rag_budget_tokens,
+                                          hybrid=args.rag_hybrid)
     if getattr(args, "checked", 0):
         from fnbody.augment.checked import ExecutionCheckedGenerator
 

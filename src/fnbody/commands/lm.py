@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,8 @@ class LMDataConfig:
                                                          "functions (never itself, never its own repo) before its prompt, as `--rag-index` does at generation"})
     rag_k: int = field(default=2, metadata={"help": "functions retrieved per training function (with rag_index)"})
     rag_budget_tokens: int = field(default=0, metadata={"help": "cap on context + prompt tokens (0 = half of block_size)"})
+    rag_hybrid: float = field(default=0.0, metadata={"help": "rank retrieval by z(dense) + W * z(BM25) (an index built with --bm25), "
+                                                             "as `--rag-hybrid` does at generation (0 = dense only)"})
     rag_fraction: float = field(default=1.0, metadata={"help": "share of functions given retrieved context (the rest train without, so "
                                                                "one model serves plain and retrieval-augmented generation); a fixed hash picks them"})
 
@@ -73,6 +76,8 @@ class LMDataConfig:
             raise ValueError("rag_k must be >= 1 and rag_budget_tokens >= 0")
         if not 0.0 < self.rag_fraction <= 1.0:
             raise ValueError(f"rag_fraction must be in (0, 1], got {self.rag_fraction}")
+        if not (self.rag_hybrid >= 0 and math.isfinite(self.rag_hybrid)):
+            raise ValueError(f"rag_hybrid must be a finite number >= 0, got {self.rag_hybrid}")
 
 
 @dataclass
@@ -167,21 +172,24 @@ def _rag_contexts(data: LMDataConfig, tokenizer, device: str = "cpu"):
     """
     if not data.rag_index:
         return None, ""
-    from fnbody.augment.rag import TokenBudget, training_contexts
+    from fnbody.augment.rag import TokenBudget, check_hybrid, training_contexts
     from fnbody.search.index import SearchIndex
 
     index = SearchIndex.load(data.rag_index, device=device)
+    check_hybrid(index, data.rag_hybrid)
     budget = data.rag_budget_tokens or data.block_size // 2
 
     fits = TokenBudget(lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]), budget)
 
     key = f"rag|index:{index.info['model_fingerprint'][:16]}|count:{len(index)}|k:{data.rag_k}|budget:{budget}|fraction:{data.rag_fraction:g}|fit:pieces"
+    if data.rag_hybrid > 0:  # dense-only keys stay as they were, so existing caches still match
+        key += f"|hybrid:{data.rag_hybrid:g}|bm25:{len(index.bm25)}"
 
     def contexts(records):
         # Retrieve only for the functions that get context: retrieval is the slow part of tokenising.
         chosen = [i for i, r in enumerate(records) if with_context(r, data.rag_fraction)]
         out = [""] * len(records)
-        for i, c in zip(chosen, training_contexts([records[i] for i in chosen], index, data.rag_k, fits)):
+        for i, c in zip(chosen, training_contexts([records[i] for i in chosen], index, data.rag_k, fits, hybrid=data.rag_hybrid)):
             out[i] = c
         return out
 
@@ -220,7 +228,7 @@ def train_lm(corpus_dir: str | Path, out_dir: str | Path, cfg: LMRunConfig, *, r
     try:
         set_seed(cfg.train.seed)  # before building the model, so initialisation is reproducible
         if resume and has_ckpt:
-            check_resume_config(out_dir, cfg, {"model": ("init", "vocab_size"), "data": ("block_size", "body_only_loss", "max_samples", "rag_index", "rag_k", "rag_fraction")})
+            check_resume_config(out_dir, cfg, {"model": ("init", "vocab_size"), "data": ("block_size", "body_only_loss", "max_samples", "rag_index", "rag_k", "rag_fraction", "rag_hybrid")})
             # The architecture and tokenizer come from the run folder; the checkpoint supplies the weights.
             from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

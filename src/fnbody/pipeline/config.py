@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,9 +89,14 @@ class AugmentStage:
     generator: str = field(default="", metadata={"help": "lm name to augment (default: the last of `lms`)"})
     rag_k: int = field(default=2, metadata={"help": "functions retrieved per prompt"})
     rag_budget_tokens: int = field(default=0, metadata={"help": "cap on context + prompt tokens (0 = model context minus generation room, at most 1024)"})
+    rag_hybrid: float = field(default=0.0, metadata={"help": "> 0: the index also gets BM25 and retrieval ranks by z(NBoW) + W * z(BM25)"})
     checked_n: int = field(default=8, metadata={"help": "candidates per HumanEval problem (greedy + N-1 samples)"})
     checked_temperature: float = field(default=0.8, metadata={"help": "sampling temperature of the candidates"})
     combined: bool = field(default=False, metadata={"help": "also score retrieval and execution checking together on HumanEval"})
+
+    def __post_init__(self) -> None:
+        if not (self.rag_hybrid >= 0 and math.isfinite(self.rag_hybrid)):
+            raise ValueError(f"rag_hybrid must be a finite number >= 0, got {self.rag_hybrid}")
 
 
 @dataclass

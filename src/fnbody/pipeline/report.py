@@ -200,7 +200,8 @@ def _beyond_section(out: Path, rep: dict, md: list[str]) -> None:
         def p1(x: dict):
             return x.get("pass@1")
 
-        md.append(f"Generator **{s['model']}**; retrieval from a search index of the train split ({_ENCODER_NAMES.get(s['index'].get('encoder'), s['index'].get('encoder') or 'unknown')} encoder, {s['index'].get('count')} functions), "
+        fused = f" fused with BM25, weight {s['index']['hybrid']:g}" if s["index"].get("hybrid") else ""
+        md.append(f"Generator **{s['model']}**; retrieval from a search index of the train split ({_ENCODER_NAMES.get(s['index'].get('encoder'), s['index'].get('encoder') or 'unknown')} encoder{fused}, {s['index'].get('count')} functions), "
                   f"each test prompt's own repo excluded (own-repo hits: {b['own_repo_hits']}; mean context functions "
                   f"{b['mean_context_functions']:.2f}). HumanEval: {he['problems']}.\n")
         md.append("| setting | seed-BLEU (test) | BLEU (test) | CodeXGLUE BLEU (test) | HumanEval pass@1 |\n|---|---:|---:|---:|---:|")

@@ -137,10 +137,10 @@ def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
             f"augment-{target}", {**to_dict(a), **to_dict(e), "seed": cfg.seed, "device": dev},
             lambda resume: [
                 fnbody_cmd("search", "index", out / "search" / "nbow", "--corpus", corpus, "--splits", "train",
-                           "--out", aug / "index", "--overwrite"),
+                           "--out", aug / "index", "--overwrite", *(["--bm25"] if a.rag_hybrid > 0 else [])),
                 task_cmd("evaluate_augmented", run=str(out / "lm" / target), corpus=str(corpus), index=str(aug / "index"),
                          plain=str(out / "eval" / target), out=str(aug), name=target, rag_k=a.rag_k,
-                         rag_budget_tokens=a.rag_budget_tokens, checked_n=a.checked_n, checked_temperature=a.checked_temperature, combined=a.combined,
+                         rag_budget_tokens=a.rag_budget_tokens, rag_hybrid=a.rag_hybrid, checked_n=a.checked_n, checked_temperature=a.checked_temperature, combined=a.combined,
                          bleu_samples=e.bleu_samples, humaneval_problems=e.humaneval_problems, max_new_tokens=e.max_new_tokens,
                          batch_size=e.batch_size, timeout=e.timeout, seed=cfg.seed, device=dev, require_body=e.require_body)],
             outputs=[aug / "summary.json"], deps=["corpus", "search-nbow", f"eval-{target}"], workdir=None,

@@ -89,7 +89,7 @@ def evaluate_generator(run: str, corpus: str, out: str, name: str, bleu_samples:
 
 
 def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, name: str, rag_k: int = 2,
-                       rag_budget_tokens: int = 0, checked_n: int = 8, checked_temperature: float = 0.8,
+                       rag_budget_tokens: int = 0, rag_hybrid: float = 0.0, checked_n: int = 8, checked_temperature: float = 0.8,
                        bleu_samples: int = 1000, humaneval_problems: int = 0, max_new_tokens: int = 256, batch_size: int = 8,
                        timeout: float = 10.0, seed: int = 0, device: str = "auto", combined: bool = False,
                        require_body: bool = False) -> dict:
@@ -121,12 +121,12 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
     require_body = require_body and _is_lm(gen)  # only transformers implement it; the signature says what ran
     cfg = _decoding(max_new_tokens, batch_size, seed, require_body)
     idx = SearchIndex.load(index, device=str(resolve_device(device)))  # a pretrained query encoder wants the GPU too
-    summary: dict = {"model": name, "run": run, "index": {k: idx.info.get(k) for k in ("run", "encoder", "count", "source")},
+    summary: dict = {"model": name, "run": run, "index": {**{k: idx.info.get(k) for k in ("run", "encoder", "count", "source")}, "hybrid": rag_hybrid},
                      "decoding": f"greedy|max_new_tokens:{max_new_tokens}|seed:{seed}{'|require_body' if require_body else ''}"}
 
     # --- retrieval on the corpus test split: the same rows as the plain evaluation -------------------
     rows = load_prompts(corpus, split="test", max_samples=bleu_samples or None)
-    rag = RetrievalAugmentedGenerator(gen, idx, k=rag_k, exclude_repo=repo_lookup(rows), budget_tokens=rag_budget_tokens)
+    rag = RetrievalAugmentedGenerator(gen, idx, k=rag_k, exclude_repo=repo_lookup(rows), budget_tokens=rag_budget_tokens, hybrid=rag_hybrid)
     rag_samples = out_dir / "test_samples_rag.jsonl"
     generate_samples(rag, rows, cfg, rag_samples)
     got = {s["task_id"]: s["completion"] for s in read_jsonl(rag_samples)}
@@ -136,7 +136,8 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
         raise FnbodyError(f"{plain_dir}: plain samples lack {len(missing)} test rows (first {missing[0]!r}); rerun its evaluation")
     refs, codes = [r["body"] for r in rows], [r["code"] for r in rows]
     data_sig = f"data:{Path(corpus).name}/test|n:{len(rows)}"
-    sig = f"rag:k{rag_k}|index:{idx.info.get('encoder', 'unknown')}-{idx.info.get('count')}|exclude:own-repo"
+    hybrid_sig = f"+bm25|hybrid:{rag_hybrid:g}" if rag_hybrid > 0 else ""
+    sig = f"rag:k{rag_k}|index:{idx.info.get('encoder', 'unknown')}-{idx.info.get('count')}{hybrid_sig}|exclude:own-repo"
     with_rag = bleu_report([got[r["task_id"]] for r in rows], refs, codes)["metrics"]
     without = bleu_report([plain_got[r["task_id"]] for r in rows], refs, codes)["metrics"]
     retrievals = rag.retrieve([r["prompt"] for r in rows], max_new_tokens)
@@ -154,7 +155,7 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
     subset = {i: problems[i] for i in ids}
     label = f"HumanEval first {len(ids)} of 164" if len(ids) < 164 else "HumanEval all 164"
     summary["humaneval"] = {"problems": label, "plain": base_summary["humaneval"]}
-    he_rag = RetrievalAugmentedGenerator(gen, idx, k=rag_k, budget_tokens=rag_budget_tokens)
+    he_rag = RetrievalAugmentedGenerator(gen, idx, k=rag_k, budget_tokens=rag_budget_tokens, hybrid=rag_hybrid)
     check_sig = f"checked:n{checked_n}|T:{checked_temperature:g}|rank:doctests>logprob"
     configs = [("rag", he_rag, sig), ("checked", ExecutionCheckedGenerator(gen, n_candidates=checked_n, temperature=checked_temperature), check_sig)]
     if combined:
