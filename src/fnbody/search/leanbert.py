@@ -87,6 +87,7 @@ def lean_encoder(encoder: nn.Module, vocab_size: int, seed: int = 0) -> nn.Modul
         return encoder
     lean = LeanBertEncoder(encoder).to(next(encoder.parameters()).device).eval()
     g = torch.Generator().manual_seed(seed)
+    vocab_size = min(vocab_size, encoder.model.embeddings.word_embeddings.num_embeddings)  # ids the tower can embed
     probe = torch.randint(1, vocab_size, (3, 12), generator=g)
     probe[1, 7:] = 0  # padded rows exercise the attention mask
     probe[2, 3:] = 0
