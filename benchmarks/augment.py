@@ -69,7 +69,7 @@ def main() -> int:
     from fnbody.augment.checked import ExecutionCheckedGenerator
     from fnbody.augment.rag import RetrievalAugmentedGenerator, repo_lookup
     from fnbody.corpus.io import read_split, task_id
-    from fnbody.evaluate.bleu import bleu_report
+    from fnbody.evaluate.bleu import bleu_report, paired_bleu_test
     from fnbody.evaluate.humaneval import evaluate_functional_correctness
     from fnbody.evaluate.samples import load_problems
     from fnbody.generate.base import GenerationConfig
@@ -100,11 +100,14 @@ def main() -> int:
     if args.rag_hybrid > 0:
         settings.append(("rag+bm25", RetrievalAugmentedGenerator(gen, index, k=args.rag_k, exclude_repo=repo_lookup(rows), budget_tokens=args.rag_budget_tokens,
                                                                   hybrid=args.rag_hybrid)))
-    bleu = {}
+    bleu, texts = {}, {}
     for name, g in settings if rows else ():
         outs, secs = timed(lambda g=g: g.generate([r["prompt"] for r in rows], cfg))
-        rep = bleu_report([o[0].text for o in outs], [r["body"] for r in rows], [r["code"] for r in rows])["metrics"]
+        texts[name] = [o[0].text for o in outs]
+        rep = bleu_report(texts[name], [r["body"] for r in rows], [r["code"] for r in rows])["metrics"]
         bleu[name] = {k: rep[k]["score"] for k in ("seed-bleu", "bleu", "codexglue-bleu", "chrf")} | {"seconds": secs, "signature": rep["bleu"]["signature"]}
+        if name != "plain":  # paired bootstrap against plain decoding on the same rows
+            bleu[name]["vs_plain"] = paired_bleu_test(texts["plain"], texts[name], [r["body"] for r in rows])
         print(f"BLEU {name}: {bleu[name]}", file=sys.stderr, flush=True)
     leaks = sum(h["repo"] == r["repo"] for _, g in settings[1:] for rt, r in zip(g.last_retrievals, rows) for h in rt.hits) if rows else 0
     bleu["own_repo_hits"] = leaks
@@ -150,12 +153,12 @@ def main() -> int:
     if p and r:
         print(f"test BLEU (n={len(rows)}): plain {p['bleu']:.2f} -> rag {r['bleu']:.2f} ({r['bleu'] / max(p['bleu'], 1e-9) - 1:+.1%}); "
               f"seed-BLEU {p['seed-bleu']:.4f} -> {r['seed-bleu']:.4f} ({r['seed-bleu'] / max(p['seed-bleu'], 1e-9) - 1:+.1%}); "
-              f"own-repo hits {leaks}  [target >= +10%]")
+              f"own-repo hits {leaks}; BLEU difference p = {r['vs_plain']['p_value']:.3f} (paired bootstrap)  [target >= +10%]")
     h = bleu.get("rag+bm25")
     if p and h:
         print(f"test BLEU (n={len(rows)}), retrieval fused with BM25 (weight {args.rag_hybrid:g}): plain {p['bleu']:.2f} -> {h['bleu']:.2f} "
               f"({h['bleu'] / max(p['bleu'], 1e-9) - 1:+.1%}); seed-BLEU {p['seed-bleu']:.4f} -> {h['seed-bleu']:.4f} "
-              f"({h['seed-bleu'] / max(p['seed-bleu'], 1e-9) - 1:+.1%})  [target >= +10%]")
+              f"({h['seed-bleu'] / max(p['seed-bleu'], 1e-9) - 1:+.1%}); BLEU difference p = {h['vs_plain']['p_value']:.3f}  [target >= +10%]")
     for name, _ in settings:
         print(f"{he['problems']}: {name} pass@1 {he[name]['pass@1']:.3f} ({he[name]['passed']}/{len(ids)}) in {he[name]['seconds']}s")
     print(f"checked diagnostics: {he['checked_diagnostics']}  [target pass@1 >= 0.083]")

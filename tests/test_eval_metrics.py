@@ -7,7 +7,7 @@ import warnings
 import pytest
 
 from fnbody.errors import FnbodyError
-from fnbody.evaluate.bleu import bleu_report, code_tokens, codexglue_sentence_bleu, nltk_sentence_bleu
+from fnbody.evaluate.bleu import bleu_report, code_tokens, codexglue_sentence_bleu, nltk_sentence_bleu, paired_bleu_test
 from fnbody.evaluate.novelty import NgramIndex, novelty
 from fnbody.evaluate.passk import estimate_pass_at_k, pass_at_k
 from fnbody.evaluate.perplexity import aggregate_nll, bits_per_token, cross_entropy, perplexity
@@ -77,6 +77,24 @@ def test_bleu_report_wrong_answer_scores_lower():
         assert bad[name]["score"] < good[name]["score"], name
     with pytest.raises(FnbodyError):
         bleu_report([], [], [])
+
+
+def test_paired_bleu_test_separates_real_gains_from_noise():
+    rng = random.Random(0)
+    refs = [f"return {rng.choice('abcdef')} + {rng.choice('xyz')} * {i}" for i in range(60)]
+    wrong = [f"return {rng.choice('pq')}" for _ in refs]
+    partly = [ref if rng.random() < 0.3 else f"return {rng.choice('pq')} + {rng.choice('xyz')}" for ref in refs]
+    i = next(i for i, (h, ref) in enumerate(zip(partly, refs)) if h != ref)
+    one_more = partly[:i] + [refs[i]] + partly[i + 1:]  # one more row right out of 60: within resampling noise
+    small = paired_bleu_test(partly, one_more, refs, n_samples=200)
+    assert 0 < small["delta"] < 5 and small["p_value"] > 0.05
+    good = paired_bleu_test(wrong, refs, refs, n_samples=200)
+    assert good["system"] == pytest.approx(100.0) and good["delta"] > 50 and good["p_value"] < 0.01
+    assert good["system_ci95"][0] <= good["system"] <= good["system_ci95"][1] + 1e-9
+    assert good["baseline"] == pytest.approx(bleu_report(wrong, refs, refs)["metrics"]["bleu"]["score"])  # the same BLEU as the report
+    assert good["signature"].startswith("bleu-paired-bootstrap|") and "bs:200" in good["signature"]
+    with pytest.raises(FnbodyError, match="equal, non-empty"):
+        paired_bleu_test(wrong[:3], refs[:2], refs[:2])
 
 
 @pytest.mark.parametrize("n, c, k, expected", [

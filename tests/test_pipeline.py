@@ -61,6 +61,9 @@ def test_report_has_every_section_with_real_numbers(tiny_run):
         assert _is_number(beyond["bleu"][side]["bleu"]["score"]) and "data:" in beyond["bleu"][side]["bleu"]["signature"]
     assert "rag:k2" in beyond["bleu"]["rag"]["bleu"]["signature"]
     assert "+bm25|hybrid:0.3|" in beyond["bleu"]["rag"]["bleu"]["signature"] and beyond["index"]["hybrid"] == 0.3
+    paired = beyond["bleu"]["rag_vs_plain"]
+    assert 0 < paired["p_value"] <= 1 and paired["delta"] == pytest.approx(beyond["bleu"]["rag"]["bleu"]["score"] - beyond["bleu"]["plain"]["bleu"]["score"])
+    assert paired["signature"].startswith("bleu-paired-bootstrap|") and "hybrid:0.3" in paired["signature"]
     for side in ("plain", "rag", "checked", "rag+checked"):
         assert _is_number(beyond["humaneval"][side]["pass@1"]) and beyond["humaneval"][side]["tasks"] == 2
     assert "checked:n2" in beyond["humaneval"]["checked"]["signature"]
@@ -69,7 +72,7 @@ def test_report_has_every_section_with_real_numbers(tiny_run):
     for heading in ("## Data", "## Code search", "## Char-RNN baseline", "### Sweep", "## Generation", "## BLEU during training", "## Sample generations",
                     "## Beyond the report"):
         assert heading in md
-    assert "NBoW encoder fused with BM25, weight 0.3" in md
+    assert "NBoW encoder fused with BM25, weight 0.3" in md and "paired bootstrap over the test rows: p = " in md
     for fig in ("token_lengths.png", "search_nbow_curves.png", "char_rnn_loss.png", "lm_gpt2-scratch_curves.png"):
         assert (out / "figures" / fig).stat().st_size > 1000
     assert (out / "fnbody.json").exists() and (out / "logs" / "corpus.log").exists()

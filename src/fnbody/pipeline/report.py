@@ -215,10 +215,16 @@ def _beyond_section(out: Path, rep: dict, md: list[str]) -> None:
         base, with_rag = b["plain"]["bleu"]["score"], b["rag"]["bleu"]["score"]
         gain = with_rag / base - 1 if base else None
         rep["beyond"][run.name]["bleu_gain"] = gain
-        md.append(f"\nRetrieval's BLEU change: {'—' if gain is None else f'{gain:+.0%}'} relative (issue 9 target: +10%); "
+        test = b.get("rag_vs_plain")  # paired bootstrap; absent from summaries written before it existed
+        sig_note = (f" (paired bootstrap over the test rows: p = {test['p_value']:.3f}; 95% CI of BLEU with retrieval "
+                    f"{test['system_ci95'][0]:.2f}-{test['system_ci95'][1]:.2f}, without {test['baseline_ci95'][0]:.2f}-"
+                    f"{test['baseline_ci95'][1]:.2f})") if test else ""
+        md.append(f"\nRetrieval's BLEU change: {'—' if gain is None else f'{gain:+.0%}'} relative{sig_note}; issue 9 target: +10%; "
                   f"pass@1 target 8.3% (PyCodeGPT-110M).\n\nSignatures:\n")
         for side in ("plain", "rag"):
             md.append(f"- BLEU {side}: `{b[side]['bleu']['signature']}`")
+        if test:
+            md.append(f"- BLEU difference: `{test['signature']}`")
         for side in [k for k in ("plain", "rag", "checked", "rag+checked") if k in he]:
             md.append(f"- pass@1 {side}: `{he[side].get('signature', '')}`")
     md.append("")

@@ -104,7 +104,7 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
     """
     from fnbody.augment.checked import ExecutionCheckedGenerator
     from fnbody.augment.rag import RetrievalAugmentedGenerator, repo_lookup
-    from fnbody.evaluate.bleu import bleu_report
+    from fnbody.evaluate.bleu import bleu_report, paired_bleu_test
     from fnbody.evaluate.humaneval import evaluate_functional_correctness
     from fnbody.evaluate.samples import load_problems
     from fnbody.generate.load import load_generator
@@ -138,8 +138,8 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
     data_sig = f"data:{Path(corpus).name}/test|n:{len(rows)}"
     hybrid_sig = f"+bm25|hybrid:{rag_hybrid:g}" if rag_hybrid > 0 else ""
     sig = f"rag:k{rag_k}|index:{idx.info.get('encoder', 'unknown')}-{idx.info.get('count')}{hybrid_sig}|exclude:own-repo"
-    with_rag = bleu_report([got[r["task_id"]] for r in rows], refs, codes)["metrics"]
-    without = bleu_report([plain_got[r["task_id"]] for r in rows], refs, codes)["metrics"]
+    rag_hyps, plain_hyps = [got[r["task_id"]] for r in rows], [plain_got[r["task_id"]] for r in rows]
+    with_rag, without = bleu_report(rag_hyps, refs, codes)["metrics"], bleu_report(plain_hyps, refs, codes)["metrics"]
     retrievals = rag.retrieve([r["prompt"] for r in rows], max_new_tokens)
     summary["bleu"] = {
         "plain": {k: {**v, "signature": f"{v['signature']}|{data_sig}|model:{name}"} for k, v in without.items()},
@@ -147,6 +147,9 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
         "own_repo_hits": sum(h["repo"] == r.get("repo") for rt, r in zip(retrievals, rows) for h in rt.hits),
         "mean_context_functions": sum(len(rt.hits) for rt in retrievals) / max(len(rows), 1),
     }
+    # Is the change more than resampling noise? (With tens of test rows, BLEU moves by several points.)
+    paired = paired_bleu_test(plain_hyps, rag_hyps, refs)
+    summary["bleu"]["rag_vs_plain"] = {**paired, "signature": f"{paired['signature']}|{data_sig}|model:{name}|{sig}"}
 
     # --- HumanEval: plain greedy (from the plain evaluation), with retrieval, execution-checked --------
     problems = load_problems()
