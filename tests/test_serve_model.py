@@ -71,3 +71,8 @@ def test_serve_command_wires_run_and_search_index(char_rnn_run, tmp_path, monkey
         assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
         r = c.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 51})
         assert r.status_code == 400 and "cap of 50" in r.json()["error"]["message"]
+    # --search-int8: the same index answers through an int8 query encoder
+    assert main(["serve", str(char_rnn_run), "--search", str(tmp_path / "index"), "--search-int8"]) == 0
+    with TestClient(served["app"]) as c:
+        hits8 = c.post("/v1/search", json={"query": "merge two dictionaries", "k": 3}).json()["data"]
+    assert len(hits8) == 3 and hits8[0]["score"] == pytest.approx(hits[0]["score"], abs=0.1)
