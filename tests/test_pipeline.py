@@ -107,3 +107,27 @@ def test_presets_load_and_bad_overrides_are_named():
         apply_overrides(load_preset("tiny"), ["evaluation.bleu_samples=many"])
     with pytest.raises(FnbodyError, match="rag_hybrid"):
         apply_overrides(load_preset("tiny"), ["augment.rag_hybrid=-1"])
+
+
+def test_generation_stages_start_clean_when_their_settings_change(tmp_path):
+    """An interrupted evaluation's .partial samples are resumed only under the same settings, never under new ones."""
+    from fnbody.pipeline.run import build_stages
+    from fnbody.pipeline.stages import StageRunner
+
+    out = tmp_path / "run"
+    stages = {st.name: st for st in build_stages(load_preset("tiny"), out)}
+    assert stages["eval-gpt2-scratch"].workdir == out / "eval" / "gpt2-scratch"
+    assert stages["augment-gpt2-scratch"].workdir == out / "augment" / "gpt2-scratch"
+    ev = stages["eval-gpt2-scratch"]
+    runner = StageRunner(out)
+    runner.keys.update({d: "x" for d in ev.deps})
+    stale = ev.workdir / "test_samples.jsonl.partial"  # left by an attempt under other settings
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"task_id": "t", "completion": "old"}\n')
+    (out / "stages").mkdir(parents=True, exist_ok=True)
+    (out / "stages" / f"{ev.name}.started.json").write_text('{"key": "another key"}')
+    seen = []
+    ev.commands = lambda resume: seen.append((resume, stale.exists())) or []
+    runner.run(ev)
+    assert seen == [(False, False)]  # started clean: the stale partial was removed before the stage ran
+

@@ -121,7 +121,9 @@ def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
                 "evaluate_generator", run=str(run), corpus=str(corpus), out=str(ev), name=name,
                 bleu_samples=e.bleu_samples, humaneval_problems=e.humaneval_problems, max_new_tokens=e.max_new_tokens,
                 batch_size=e.batch_size, timeout=e.timeout, seed=cfg.seed, device=dev, require_body=e.require_body)],
-            outputs=[ev / "summary.json"], deps=["corpus", dep], workdir=None,  # generation resumes from its .partial files
+            # Same key: generation resumes from its .partial files; a new key wipes the folder, so no sample from other
+            # settings (another max_new_tokens, another model) is resumed into this evaluation.
+            outputs=[ev / "summary.json"], deps=["corpus", dep], workdir=ev,
         ))
 
     a = cfg.augment
@@ -143,7 +145,7 @@ def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
                          rag_budget_tokens=a.rag_budget_tokens, rag_hybrid=a.rag_hybrid, checked_n=a.checked_n, checked_temperature=a.checked_temperature, combined=a.combined,
                          bleu_samples=e.bleu_samples, humaneval_problems=e.humaneval_problems, max_new_tokens=e.max_new_tokens,
                          batch_size=e.batch_size, timeout=e.timeout, seed=cfg.seed, device=dev, require_body=e.require_body)],
-            outputs=[aug / "summary.json"], deps=["corpus", "search-nbow", f"eval-{target}"], workdir=None,
+            outputs=[aug / "summary.json"], deps=["corpus", "search-nbow", f"eval-{target}"], workdir=aug,  # as eval: no stale partials
         ))
 
     stages.append(Stage(
