@@ -12,6 +12,8 @@
 #                      (greedy + N-1 samples ranked by the docstring's examples), and both together;
 #                   3. if time is left (ZS_DEADLINE seconds into the phase), the untuned model: HumanEval greedy and checked.
 #   PHASE=all     both, in order.
+#   RAG_HYBRID=W  (default 0) the train index also gets BM25 and phase lm retrieves by z(dense) + W * z(BM25), in training
+#                 and evaluation (W = 0.3 was chosen on valid for an NBoW index: benchmarks/rag_retrieval.py, RESULTS.md).
 #
 #   GPU_DATA=DIR PHASE=search bash benchmarks/gpu_augment.sh   # DIR: corpus/, minilm/ (HF folder), csn-python-sample/, smollm2.gguf
 #   GPU_AUG_SMOKE=1 bash benchmarks/gpu_augment.sh             # tiny budgets and a tiny corpus on this CPU: checks the script
