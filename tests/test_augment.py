@@ -287,6 +287,8 @@ def test_cli_generate_and_complete_with_rag_and_checked(real_index, tmp_path, ca
     assert len(json.loads(capsys.readouterr().out)) == 1
     assert main(["complete", str(run), str(prompt), "--max-new-tokens", "12", "--rag-index", str(tmp_path / "nope")]) == 2
     assert main(["complete", str(run), str(prompt), "--checked", "-1"]) == 2
+    assert main(["complete", str(run), str(prompt), "--rag-hybrid", "0.3"]) == 2  # a retrieval weight without an index
+    assert main(["complete", str(run), str(prompt), "--rag-index", str(index), "--rag-hybrid", "0.3"]) == 2  # index lacks BM25
 
 
 def test_rag_hybrid_on_a_real_bm25_index_follows_the_fused_ranking(real_index, tmp_path):

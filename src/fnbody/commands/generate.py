@@ -54,6 +54,8 @@ def add_augment_args(p: argparse.ArgumentParser) -> None:
 
 def augment_generator(gen, args: argparse.Namespace, rows: list[dict] | None = None):
     """Wrap `gen` in retrieval and/or execution checking as the flags ask (unchanged when none is given)."""
+    if getattr(args, "rag_hybrid", 0.0) and not getattr(args, "rag_index", None):
+        raise FnbodyError("--rag-hybrid weights retrieval, which needs --rag-index INDEX (an index built with --bm25)")
     if getattr(args, "rag_index", None):
         from fnbody.augment.rag import RetrievalAugmentedGenerator, repo_lookup
         from fnbody.search.index import SearchIndex
