@@ -12,8 +12,7 @@ from fnbody.cli import main
 from fnbody.errors import FnbodyError
 from fnbody.search.lexical import IDF, BM25Index, fuse, pair_scores, subtokens, zscore
 from fnbody.search.metrics import reciprocal_ranks
-
-TINY = ["--set", "model.emb_dim=16", "--set", "model.vocab_size=200", "--set", "train.batch_size=16"]
+from test_search import shared_run  # noqa: F401  (module fixture: tiny corpus and NBoW run)
 
 
 @pytest.mark.parametrize("tokens, expected", [
@@ -82,14 +81,9 @@ def test_bm25_save_load_round_trip(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def run_and_corpus(tmp_path_factory):
-    from conftest import make_tiny_corpus
-
-    root = tmp_path_factory.mktemp("lexical")
-    corpus = make_tiny_corpus(root / "corpus")
-    run = root / "run"
-    assert main(["train", "search", "--corpus", str(corpus), "--encoder", "nbow", "--out", str(run), "--max-epochs", "3", *TINY]) == 0
-    return run, corpus
+def run_and_corpus(shared_run):
+    """test_search's tiny NBoW run and the fixture corpus it was trained on."""
+    return shared_run, shared_run.parent / "corpus"
 
 
 ZEBRA = 'def fibonacci_zebra_stripes(n):\n    """Zebra."""\n    return n\n'

@@ -71,6 +71,14 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+def check_format_version(info: dict, expected: int, where: str | os.PathLike, what: str, hint: str = "") -> dict:
+    """`info` when its `format_version` is `expected`; else FnbodyError naming `where`, the `what` format and how to `hint` a fix."""
+    found = info.get("format_version")
+    if found != expected:
+        raise FnbodyError(f"{where}: {what} format version {found!r}, this fnbody reads version {expected}{'; ' + hint if hint else ''}")
+    return info
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file, with an error naming the file when it is missing or malformed."""
     path = Path(path)

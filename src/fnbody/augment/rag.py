@@ -125,7 +125,9 @@ class RetrievalAugmentedGenerator:
             raise FnbodyError(f"rag k must be >= 1, got {k}")
         if budget_tokens < 0 or budget_chars < 0:
             raise FnbodyError("rag budgets must be >= 0 (0 = the model's own limit)")
-        check_hybrid(index, hybrid)
+        from fnbody.search.index import check_hybrid
+
+        check_hybrid(index, hybrid)  # at construction: a bad weight or an index without BM25 fails before any generation
         self.base = base
         self.index = index
         self.k = k
@@ -187,16 +189,6 @@ class RetrievalAugmentedGenerator:
         """Stream one body generated after the prompt's retrieved context."""
         self.last_retrievals = self.retrieve([prompt], cfg.max_new_tokens)
         yield from self.base.stream(self.last_retrievals[0].context + prompt, cfg)
-
-
-def check_hybrid(index, hybrid: float) -> None:
-    """FnbodyError unless `hybrid` is a usable fusion weight and, when > 0, the index has the BM25 channel it needs."""
-    from fnbody.search.lexical import check_weight
-
-    check_weight(hybrid)
-    if hybrid > 0 and getattr(index, "bm25", None) is None:
-        raise FnbodyError(f"{getattr(index, 'path', 'index')}: hybrid retrieval needs an index built with BM25; rebuild it with "
-                          f"`fnbody search index RUN --corpus DIR --splits train --out INDEX --bm25`")
 
 
 def query_all(index, queries: Sequence[str], k: int, hybrid: float = 0.0) -> list[list[dict]]:

@@ -172,8 +172,8 @@ def _rag_contexts(data: LMDataConfig, tokenizer, device: str = "cpu"):
     """
     if not data.rag_index:
         return None, ""
-    from fnbody.augment.rag import TokenBudget, check_hybrid, training_contexts
-    from fnbody.search.index import SearchIndex
+    from fnbody.augment.rag import TokenBudget, training_contexts
+    from fnbody.search.index import SearchIndex, check_hybrid
 
     index = SearchIndex.load(data.rag_index, device=device)
     check_hybrid(index, data.rag_hybrid)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from fnbody.errors import FnbodyError
-from fnbody.io import iter_jsonl, read_json
+from fnbody.io import check_format_version, iter_jsonl, read_json
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")
@@ -39,14 +39,7 @@ def check_corpus(corpus_dir: str | Path) -> dict:
     manifest_path = corpus_dir / MANIFEST
     if not manifest_path.exists():
         raise FnbodyError(f"{corpus_dir}: not an fnbody corpus (no {MANIFEST}); build one with `fnbody corpus build --out DIR`")
-    manifest = read_json(manifest_path)
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise FnbodyError(
-            f"{corpus_dir}: corpus format version {version!r}, this fnbody reads version {FORMAT_VERSION}; "
-            "rebuild it with `fnbody corpus build`"
-        )
-    return manifest
+    return check_format_version(read_json(manifest_path), FORMAT_VERSION, corpus_dir, "corpus", "rebuild it with `fnbody corpus build`")
 
 
 def split_files(corpus_dir: str | Path, split: str) -> list[Path]:

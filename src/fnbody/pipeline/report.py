@@ -216,11 +216,8 @@ def _beyond_section(out: Path, rep: dict, md: list[str]) -> None:
         gain = with_rag / base - 1 if base else None
         rep["beyond"][run.name]["bleu_gain"] = gain
         test = b.get("rag_vs_plain")  # paired bootstrap; absent from summaries written before it existed
-        def pm(ci: list) -> str:
-            return f"{(ci[0] + ci[1]) / 2:.2f} ± {(ci[1] - ci[0]) / 2:.2f}"
-
         sig_note = (f" (paired bootstrap over the test rows: p = {test['p_value']:.3f}; resampled BLEU with retrieval "
-                    f"{pm(test['system_ci95'])}, without {pm(test['baseline_ci95'])}, 95%)") if test else ""
+                    f"{_spread(test['system_ci95'])}, without {_spread(test['baseline_ci95'])}, 95%)") if test else ""
         md.append(f"\nRetrieval's BLEU change: {'—' if gain is None else f'{gain:+.0%}'} relative{sig_note}; issue 9 target: +10%; "
                   f"pass@1 target 8.3% (PyCodeGPT-110M).\n\nSignatures:\n")
         for side in ("plain", "rag"):
@@ -230,6 +227,11 @@ def _beyond_section(out: Path, rep: dict, md: list[str]) -> None:
         for side in [k for k in ("plain", "rag", "checked", "rag+checked") if k in he]:
             md.append(f"- pass@1 {side}: `{he[side].get('signature', '')}`")
     md.append("")
+
+
+def _spread(ci: list) -> str:
+    """An interval [low, high] as `middle ± half-width`."""
+    return f"{(ci[0] + ci[1]) / 2:.2f} ± {(ci[1] - ci[0]) / 2:.2f}"
 
 
 def write_report(out: Path) -> Path:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 from fnbody.errors import FnbodyError
-from fnbody.io import read_json, write_json, write_jsonl
+from fnbody.io import check_format_version, read_json, write_json, write_jsonl
 from fnbody.search.embed import WEIGHTS, Embedder, model_fingerprint, run_files, weights_path
 
 if TYPE_CHECKING:
@@ -59,16 +59,24 @@ def snippet(code: str, lines: int = SNIPPET_LINES) -> str:
     return "\n".join(rows[:lines] + (["    ..."] if len(rows) > lines else []))
 
 
+def check_hybrid(index, weight: float) -> None:
+    """FnbodyError unless `weight` is a usable fusion weight and, when > 0, `index` has the BM25 channel hybrid ranking needs."""
+    from fnbody.search.lexical import check_weight
+
+    check_weight(weight)
+    if weight > 0 and getattr(index, "bm25", None) is None:
+        path = getattr(index, "path", "INDEX")
+        raise FnbodyError(f"{path}: index has no BM25 channel for hybrid search; rebuild it with "
+                          f"`fnbody search index RUN --corpus DIR --out {path} --bm25`")
+
+
 def read_index_info(index_dir: str | Path) -> dict:
     """index.json of an index folder, checked for format version; FnbodyError when it is not an index."""
     index_dir = Path(index_dir)
     if not (index_dir / INDEX_INFO).exists():
         raise FnbodyError(f"{index_dir}: not a search index (no {INDEX_INFO}); build one with `fnbody search index RUN --corpus DIR --out {index_dir}`")
-    info = read_json(index_dir / INDEX_INFO)
-    if info.get("format_version") != INDEX_FORMAT_VERSION:
-        raise FnbodyError(f"{index_dir}: index format version {info.get('format_version')!r}, this fnbody reads version "
-                          f"{INDEX_FORMAT_VERSION}; rebuild it with `fnbody search index`")
-    return info
+    return check_format_version(read_json(index_dir / INDEX_INFO), INDEX_FORMAT_VERSION, index_dir, "index",
+                                "rebuild it with `fnbody search index`")
 
 
 def build_index(model_dir: str | Path, records: Iterable[dict], out_dir: str | Path, *, overwrite: bool = False,
@@ -331,12 +339,7 @@ class SearchIndex:
         """`query` for several texts in one product."""
         if k < 1:
             raise FnbodyError(f"k must be >= 1, got {k}")
-        from fnbody.search.lexical import check_weight
-
-        check_weight(hybrid)
-        if hybrid > 0 and self.bm25 is None:
-            raise FnbodyError(f"{self.path}: index has no BM25 channel for hybrid search; rebuild it with "
-                              f"`fnbody search index RUN --corpus DIR --out {self.path} --bm25`")
+        check_hybrid(self, hybrid)
         q = self.embedder.embed_queries(texts)
         if hybrid > 0:
             from fnbody.search.data import query_tokens

@@ -141,16 +141,13 @@ class BM25Index:
     @classmethod
     def load(cls, folder: str | Path) -> "BM25Index":
         """Read what `save` wrote; FnbodyError naming the file when it is missing, another format or inconsistent."""
-        from fnbody.io import read_json
+        from fnbody.io import check_format_version, read_json
 
         folder = Path(folder)
         for name in (BM25_INFO, BM25_ARRAYS):
             if not (folder / name).exists():
                 raise FnbodyError(f"{folder}: BM25 channel is missing {name}")
-        info = read_json(folder / BM25_INFO)
-        if info.get("format_version") != BM25_FORMAT_VERSION:
-            raise FnbodyError(f"{folder / BM25_INFO}: BM25 format version {info.get('format_version')!r}, this fnbody reads "
-                              f"version {BM25_FORMAT_VERSION}")
+        info = check_format_version(read_json(folder / BM25_INFO), BM25_FORMAT_VERSION, folder / BM25_INFO, "BM25")
         try:
             with np.load(folder / BM25_ARRAYS, allow_pickle=False) as z:
                 a = {k: z[k] for k in ("terms", "indptr", "doc_ids", "tf", "doc_len", "idf")}
