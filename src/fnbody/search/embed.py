@@ -6,6 +6,7 @@ Works on a training run folder (weights in `checkpoints/best/`) and on the copy 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -99,12 +100,18 @@ class Embedder:
         self.quantized = bool(quantize)
         if self.quantized and str(device) != "cpu":
             raise FnbodyError(f"int8 query encoding runs on the CPU only, not {device}")
+
+    @functools.cached_property
+    def query_encoder(self):
+        """The module that embeds queries, built at the first query (an index build or code-only use never pays for it).
+
+        Queries are the latency path: a pretrained BERT tower runs as a lean copy that matches it (leanbert), and the
+        towers may be one module (minilm shares them), so the int8 tower is a copy and code keeps its fp32 weights.
+        """
         from fnbody.search.leanbert import lean_encoder
 
-        # Queries are the latency path: a pretrained BERT tower runs as a lean copy that matches it (leanbert), and
-        # the towers may be one module (minilm shares them), so the int8 tower is a copy and code keeps fp32 weights.
-        query_encoder = lean_encoder(model.query_encoder, query_vocab.size)
-        self.query_encoder = quantize_linear_int8(query_encoder) if self.quantized else query_encoder
+        encoder = lean_encoder(self.model.query_encoder, self.query_vocab.size)
+        return quantize_linear_int8(encoder) if self.quantized else encoder
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", *, quantize: bool = False) -> "Embedder":
