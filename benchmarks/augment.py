@@ -106,6 +106,7 @@ def main() -> int:
         texts[name] = [o[0].text for o in outs]
         rep = bleu_report(texts[name], [r["body"] for r in rows], [r["code"] for r in rows])["metrics"]
         bleu[name] = {k: rep[k]["score"] for k in ("seed-bleu", "bleu", "codexglue-bleu", "chrf")} | {"seconds": secs, "signature": rep["bleu"]["signature"]}
+        bleu[name] |= {"bp": rep["bleu"]["bp"], "len_ratio": rep["bleu"]["sys_len"] / max(rep["bleu"]["ref_len"], 1)}
         if name != "plain":  # paired bootstrap against plain decoding on the same rows
             bleu[name]["vs_plain"] = paired_bleu_test(texts["plain"], texts[name], [r["body"] for r in rows])
         print(f"BLEU {name}: {bleu[name]}", file=sys.stderr, flush=True)
@@ -113,6 +114,7 @@ def main() -> int:
     bleu["own_repo_hits"] = leaks
     bleu["n"] = len(rows)
     res["bleu"] = bleu
+    res["bleu_texts"] = texts  # the generated bodies, so a later look at a BLEU change needs no re-generation
 
     # --- HumanEval pass@1 ------------------------------------------------------------------------
     problems = load_problems()
@@ -153,12 +155,14 @@ def main() -> int:
     if p and r:
         print(f"test BLEU (n={len(rows)}): plain {p['bleu']:.2f} -> rag {r['bleu']:.2f} ({r['bleu'] / max(p['bleu'], 1e-9) - 1:+.1%}); "
               f"seed-BLEU {p['seed-bleu']:.4f} -> {r['seed-bleu']:.4f} ({r['seed-bleu'] / max(p['seed-bleu'], 1e-9) - 1:+.1%}); "
-              f"own-repo hits {leaks}; BLEU difference p = {r['vs_plain']['p_value']:.3f} (paired bootstrap)  [target >= +10%]")
+              f"own-repo hits {leaks}; BLEU difference p = {r['vs_plain']['p_value']:.3f} (paired bootstrap); "
+              f"brevity penalty {p['bp']:.3f} -> {r['bp']:.3f} (length ratio {p['len_ratio']:.2f} -> {r['len_ratio']:.2f})  [target >= +10%]")
     h = bleu.get("rag+bm25")
     if p and h:
         print(f"test BLEU (n={len(rows)}), retrieval fused with BM25 (weight {args.rag_hybrid:g}): plain {p['bleu']:.2f} -> {h['bleu']:.2f} "
               f"({h['bleu'] / max(p['bleu'], 1e-9) - 1:+.1%}); seed-BLEU {p['seed-bleu']:.4f} -> {h['seed-bleu']:.4f} "
-              f"({h['seed-bleu'] / max(p['seed-bleu'], 1e-9) - 1:+.1%}); BLEU difference p = {h['vs_plain']['p_value']:.3f}  [target >= +10%]")
+              f"({h['seed-bleu'] / max(p['seed-bleu'], 1e-9) - 1:+.1%}); BLEU difference p = {h['vs_plain']['p_value']:.3f}; "
+              f"brevity penalty {h['bp']:.3f} (length ratio {h['len_ratio']:.2f})  [target >= +10%]")
     for name, _ in settings:
         print(f"{he['problems']}: {name} pass@1 {he[name]['pass@1']:.3f} ({he[name]['passed']}/{len(ids)}) in {he[name]['seconds']}s")
     print(f"checked diagnostics: {he['checked_diagnostics']}  [target pass@1 >= 0.083]")

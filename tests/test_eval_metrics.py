@@ -68,6 +68,15 @@ def test_bleu_report_identical_and_signatures():
     for name, v in m.items():
         assert v["signature"].startswith(name + "|") and "n:2" in v["signature"] and "version:" in v["signature"]
     assert "tok:none" in m["bleu"]["signature"]
+    assert m["bleu"]["bp"] == 1.0 and m["bleu"]["sys_len"] == m["bleu"]["ref_len"] > 0
+
+
+def test_bleu_report_brevity_penalty_known_value():
+    # 2 hypothesis tokens against 4 reference tokens: BP = exp(1 - 4/2) = e^-1, unigram precision 2/2
+    m = bleu_report(["    return a\n"], ["    return a + b\n"], ["def f(a, b):\n    return a + b\n"])["metrics"]["bleu"]
+    assert (m["sys_len"], m["ref_len"]) == (2, 4)
+    assert m["bp"] == pytest.approx(math.exp(-1.0))
+    assert m["precisions"][0] == pytest.approx(100.0)
 
 
 def test_bleu_report_wrong_answer_scores_lower():
