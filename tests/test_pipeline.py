@@ -28,7 +28,7 @@ def tiny_run(tmp_path_factory):
     argv = ["run", "--preset", "tiny", "--out", str(out), "--quiet", "--set", f"corpus.sources={sources}",
             "--set", "corpus.max_files=0", "--set", "search.max_steps=3", "--set", "char_rnn.max_steps=10",
             "--set", "char_rnn.sweep_max_steps=3", "--set", "lms.0.max_steps=4", "--set", "evaluation.humaneval_problems=2",
-            "--set", "evaluation.bleu_samples=4", "--set", "augment.rag_hybrid=0.3"]
+            "--set", "evaluation.bleu_samples=4", "--set", "augment.rag_hybrid=0.3", "--set", "lms.0.rag=true"]
     assert main(argv) == 0
     return out, argv
 
@@ -73,6 +73,11 @@ def test_report_has_every_section_with_real_numbers(tiny_run):
                     "## Beyond the report"):
         assert heading in md
     assert "NBoW encoder fused with BM25, weight 0.3" in md and "paired bootstrap over the test rows: p = " in md
+    # lms.0.rag: the generator was fine-tuned with context from the same index the augment stage retrieves from
+    assert beyond["trained_with_context"] is True and "(fine-tuned with retrieved context)" in md
+    lm_cfg = json.loads((out / "lm" / "gpt2-scratch" / "fnbody.json").read_text())["config"]["data"]
+    assert lm_cfg["rag_index"] == str(out / "index") and lm_cfg["rag_k"] == 2 and lm_cfg["rag_hybrid"] == 0.3
+    assert _is_number(beyond["bleu"]["plain"]["bleu"]["bp"]) and "brevity penalty" in md
     for fig in ("token_lengths.png", "search_nbow_curves.png", "char_rnn_loss.png", "lm_gpt2-scratch_curves.png"):
         assert (out / "figures" / fig).stat().st_size > 1000
     assert (out / "fnbody.json").exists() and (out / "logs" / "corpus.log").exists()
@@ -82,7 +87,7 @@ def test_second_run_is_cached(tiny_run, capsys):
     out, argv = tiny_run
     assert main(argv) == 0
     err = capsys.readouterr().err
-    assert err.count("up to date (cached), skipping") == 9  # every stage but the report
+    assert err.count("up to date (cached), skipping") == 10  # every stage but the report
 
 
 def test_failing_stage_names_itself_and_its_log(tiny_run):
@@ -131,3 +136,35 @@ def test_generation_stages_start_clean_when_their_settings_change(tmp_path):
     runner.run(ev)
     assert seen == [(False, False)]  # started clean: the stale partial was removed before the stage ran
 
+
+
+def test_retrieval_index_stage_feeds_context_training_and_augment(tmp_path):
+    from fnbody.config import apply_overrides
+    from fnbody.pipeline.run import build_stages
+
+    out = tmp_path / "run"
+    cfg = apply_overrides(load_preset("tiny"), ["lms.0.rag=true", "augment.rag_k=3", "augment.rag_budget_tokens=96"])
+    stages = build_stages(cfg, out)
+    names = [st.name for st in stages]
+    assert names.index("rag-index") < names.index("lm-gpt2-scratch") < names.index("augment-gpt2-scratch")
+    by_name = {st.name: st for st in stages}
+    assert by_name["rag-index"].deps == ["corpus", "search-nbow"]
+    lm = by_name["lm-gpt2-scratch"]
+    assert "rag-index" in lm.deps and "rag-index" in by_name["augment-gpt2-scratch"].deps
+    argv = [str(a) for a in lm.commands(False)[0]]
+    assert {f"data.rag_index={out / 'index'}", "data.rag_k=3", "data.rag_budget_tokens=96"} <= set(argv)
+    # Without rag the LM stage neither waits for the index nor gets context settings.
+    plain = {st.name: st for st in build_stages(load_preset("tiny"), out)}["lm-gpt2-scratch"]
+    assert plain.deps == ["corpus"] and not any("rag_index" in str(a) for a in plain.commands(False)[0])
+
+
+def test_context_training_without_its_retriever_is_refused(tmp_path):
+    from fnbody.config import apply_overrides
+    from fnbody.pipeline.run import build_stages
+
+    cfg = apply_overrides(load_preset("tiny"), ["lms.0.rag=true", "augment.retriever=minilm"])
+    with pytest.raises(FnbodyError, match=r"augment.retriever 'minilm' is not among search.encoders"):
+        build_stages(cfg, tmp_path)
+    # The augment stage alone just does not run when its retriever was not trained (as before, for nbow).
+    names = [st.name for st in build_stages(apply_overrides(load_preset("tiny"), ["augment.retriever=minilm"]), tmp_path)]
+    assert "rag-index" not in names and not any(n.startswith("augment-") for n in names)

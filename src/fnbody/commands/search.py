@@ -38,7 +38,7 @@ def register(sub, groups) -> None:
     p.add_argument("--csn-sample", help="folder of real CSN jsonl rows scored as a whole pool (default: the shared 250-row sample)")
     p.add_argument("--no-csn-sample", action="store_true", help="skip the real-CSN-sample score")
     p.add_argument("--max-samples", type=int, help="score at most this many test functions")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--hybrid", type=float, default=0.0, metavar="W",
                    help="also score BM25 alone (IDF from the train split) and z(dense) + W * z(BM25) on the same protocol (e.g. 0.3)")
@@ -51,7 +51,7 @@ def register(sub, groups) -> None:
     p.add_argument("--splits", default="train,valid,test", help="comma-separated splits to index (default all)")
     p.add_argument("--max-samples", type=int, help="index at most this many functions per split")
     p.add_argument("--overwrite", action="store_true", help="replace an index built with another model")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--bm25", action="store_true", help="also write a BM25 channel (code subtokens) for `search query --hybrid W`")
     p.set_defaults(func=cmd_index)
 

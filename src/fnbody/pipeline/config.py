@@ -67,6 +67,9 @@ class LMStage:
     max_epochs: int = field(default=1, metadata={"help": "epoch cap"})
     max_samples: int = field(default=0, metadata={"help": "training functions cap (0 = all)"})
     settings: list[str] = field(default_factory=list, metadata={"help": "extra --set overrides"})
+    rag: bool = field(default=False, metadata={"help": "fine-tune with retrieved context: each training function's top augment.rag_k "
+                                                        "hits from the pipeline's retrieval index (augment.retriever) before its prompt, "
+                                                        "with augment's token budget and hybrid weight, so the model learns to use it"})
 
 
 @dataclass
@@ -83,13 +86,14 @@ class EvalStage:
 
 @dataclass
 class AugmentStage:
-    """Beyond the report: retrieval-augmented and execution-checked generation (needs the NBoW search stage)."""
+    """Beyond the report: retrieval-augmented and execution-checked generation (needs the retriever's search stage)."""
 
-    enabled: bool = field(default=True, metadata={"help": "run the stage (skipped when no nbow search run exists)"})
+    enabled: bool = field(default=True, metadata={"help": "run the stage (skipped when the retriever is not among search.encoders)"})
+    retriever: str = field(default="nbow", metadata={"help": "search encoder (one of search.encoders) whose run indexes the train split for retrieval"})
     generator: str = field(default="", metadata={"help": "lm name to augment (default: the last of `lms`)"})
     rag_k: int = field(default=2, metadata={"help": "functions retrieved per prompt"})
     rag_budget_tokens: int = field(default=0, metadata={"help": "cap on context + prompt tokens (0 = model context minus generation room, at most 1024)"})
-    rag_hybrid: float = field(default=0.0, metadata={"help": "> 0: the index also gets BM25 and retrieval ranks by z(NBoW) + W * z(BM25)"})
+    rag_hybrid: float = field(default=0.0, metadata={"help": "> 0: the index also gets BM25 and retrieval ranks by z(dense) + W * z(BM25)"})
     checked_n: int = field(default=8, metadata={"help": "candidates per HumanEval problem (greedy + N-1 samples)"})
     checked_temperature: float = field(default=0.8, metadata={"help": "sampling temperature of the candidates"})
     combined: bool = field(default=False, metadata={"help": "also score retrieval and execution checking together on HumanEval"})

@@ -189,7 +189,7 @@ def _beyond_section(out: Path, rep: dict, md: list[str]) -> None:
     md.append("## Beyond the report: retrieval-augmented and execution-checked generation\n")
     runs = sorted(p for p in (out / "augment").glob("*") if (p / "summary.json").exists()) if (out / "augment").exists() else []
     if not runs:
-        md.append("Augment stage did not run (it needs the nbow search stage and a transformer).\n")
+        md.append("Augment stage did not run (it needs the search stage of `augment.retriever` and a transformer).\n")
         return
     rep["beyond"] = {}
     for run in runs:
@@ -201,17 +201,18 @@ def _beyond_section(out: Path, rep: dict, md: list[str]) -> None:
             return x.get("pass@1")
 
         fused = f" fused with BM25, weight {s['index']['hybrid']:g}" if s["index"].get("hybrid") else ""
-        md.append(f"Generator **{s['model']}**; retrieval from a search index of the train split ({_ENCODER_NAMES.get(s['index'].get('encoder'), s['index'].get('encoder') or 'unknown')} encoder{fused}, {s['index'].get('count')} functions), "
+        trained = {True: " (fine-tuned with retrieved context)", False: " (fine-tuned without retrieved context)"}.get(s.get("trained_with_context"), "")
+        md.append(f"Generator **{s['model']}**{trained}; retrieval from a search index of the train split ({_ENCODER_NAMES.get(s['index'].get('encoder'), s['index'].get('encoder') or 'unknown')} encoder{fused}, {s['index'].get('count')} functions), "
                   f"each test prompt's own repo excluded (own-repo hits: {b['own_repo_hits']}; mean context functions "
                   f"{b['mean_context_functions']:.2f}). HumanEval: {he['problems']}.\n")
-        md.append("| setting | seed-BLEU (test) | BLEU (test) | CodeXGLUE BLEU (test) | HumanEval pass@1 |\n|---|---:|---:|---:|---:|")
-        md.append(f"| plain greedy | {_fmt(b['plain']['seed-bleu']['score'], 4)} | {_fmt(b['plain']['bleu']['score'], 2)} | "
-                  f"{_fmt(b['plain']['codexglue-bleu']['score'], 2)} | {_fmt(p1(he['plain']))} |")
-        md.append(f"| + retrieval (greedy) | {_fmt(b['rag']['seed-bleu']['score'], 4)} | {_fmt(b['rag']['bleu']['score'], 2)} | "
-                  f"{_fmt(b['rag']['codexglue-bleu']['score'], 2)} | {_fmt(p1(he['rag']))} |")
-        md.append(f"| execution-checked top candidate | | | | {_fmt(p1(he['checked']))} |")
+        md.append("| setting | seed-BLEU (test) | BLEU (test) | BLEU's brevity penalty | CodeXGLUE BLEU (test) | HumanEval pass@1 |\n"
+                  "|---|---:|---:|---:|---:|---:|")
+        for label, side in (("plain greedy", "plain"), ("+ retrieval (greedy)", "rag")):
+            md.append(f"| {label} | {_fmt(b[side]['seed-bleu']['score'], 4)} | {_fmt(b[side]['bleu']['score'], 2)} | "
+                      f"{_fmt(b[side]['bleu'].get('bp'), 3)} | {_fmt(b[side]['codexglue-bleu']['score'], 2)} | {_fmt(p1(he[side]))} |")
+        md.append(f"| execution-checked top candidate | | | | | {_fmt(p1(he['checked']))} |")
         if "rag+checked" in he:
-            md.append(f"| retrieval + execution-checked | | | | {_fmt(p1(he['rag+checked']))} |")
+            md.append(f"| retrieval + execution-checked | | | | | {_fmt(p1(he['rag+checked']))} |")
         base, with_rag = b["plain"]["bleu"]["score"], b["rag"]["bleu"]["score"]
         gain = with_rag / base - 1 if base else None
         rep["beyond"][run.name]["bleu_gain"] = gain

@@ -1,4 +1,5 @@
-"""The stage graph of `fnbody run`: corpus -> search -> char-RNN (+ sweep) -> transformers -> evaluation -> report."""
+"""The stage graph of `fnbody run`: corpus -> search (-> retrieval index) -> char-RNN (+ sweep) -> transformers -> evaluation
+-> augment -> report."""
 
 from __future__ import annotations
 
@@ -75,6 +76,30 @@ def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
             outputs=[run / "eval.json"], deps=["corpus"], workdir=run, env=SMALL_MODEL_ENV,
         ))
 
+    # The retrieval index of the train split: built once, used by retrieval-aware fine-tuning and the augment stage.
+    a = cfg.augment
+    lm_names = [lm.name for lm in cfg.lms]
+    target = a.generator or (lm_names[-1] if lm_names else "")
+    rag_lms = [lm.name for lm in cfg.lms if lm.rag]
+    if target and target not in lm_names and a.enabled:
+        from fnbody.errors import FnbodyError
+
+        raise FnbodyError(f"augment.generator {target!r} is not one of lms {lm_names}")
+    if rag_lms and a.retriever not in s.encoders:
+        from fnbody.errors import FnbodyError
+
+        raise FnbodyError(f"lms {rag_lms} train with retrieved context (rag = true), but augment.retriever {a.retriever!r} "
+                          f"is not among search.encoders {s.encoders}: add it there or set augment.retriever")
+    index = out / "index"
+    want_index = a.retriever in s.encoders and ((a.enabled and target) or rag_lms)
+    if want_index:
+        stages.append(Stage(
+            "rag-index", {"retriever": a.retriever, "bm25": a.rag_hybrid > 0, "device": dev},
+            lambda resume: [fnbody_cmd("search", "index", out / "search" / a.retriever, "--corpus", corpus, "--splits", "train",
+                                       "--out", index, "--overwrite", "--device", dev, *(["--bm25"] if a.rag_hybrid > 0 else []))],
+            outputs=[index / "index.json"], deps=["corpus", f"search-{a.retriever}"], workdir=index,
+        ))
+
     r = cfg.char_rnn
     char_run = out / "char_rnn"
     stages.append(Stage(
@@ -102,13 +127,16 @@ def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
 
     for lm in cfg.lms:
         run = out / "lm" / lm.name
+        # Retrieval-aware fine-tuning takes augment's retrieval settings, so training and evaluation see the same context.
+        rag_sets = [f"data.rag_index={index}", f"data.rag_k={a.rag_k}", f"data.rag_hybrid={a.rag_hybrid}",
+                    *([f"data.rag_budget_tokens={a.rag_budget_tokens}"] if a.rag_budget_tokens else [])] if lm.rag else []
         stages.append(Stage(
-            f"lm-{lm.name}", {**to_dict(lm), "seed": cfg.seed, "device": dev},
-            lambda resume, lm=lm, run=run: [fnbody_cmd(
+            f"lm-{lm.name}", {**to_dict(lm), "seed": cfg.seed, "device": dev, **({"rag_sets": rag_sets} if lm.rag else {})},
+            lambda resume, lm=lm, run=run, rag_sets=rag_sets: [fnbody_cmd(
                 "train", "lm", "--corpus", corpus, "--out", run, "--init", lm.init, "--seed", cfg.seed, "--device", dev,
-                *_caps(max_steps=lm.max_steps, max_epochs=lm.max_epochs, max_samples=lm.max_samples), *_sets(lm.settings),
+                *_caps(max_steps=lm.max_steps, max_epochs=lm.max_epochs, max_samples=lm.max_samples), *_sets([*rag_sets, *lm.settings]),
                 *(["--resume"] if resume else []))],
-            outputs=[run / "fnbody.json", run / "config.json"], deps=["corpus"], workdir=run,
+            outputs=[run / "fnbody.json", run / "config.json"], deps=["corpus", *(["rag-index"] if lm.rag else [])], workdir=run,
         ))
         generators.append((lm.name, run, f"lm-{lm.name}"))
 
@@ -126,26 +154,17 @@ def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
             outputs=[ev / "summary.json"], deps=["corpus", dep], workdir=ev,
         ))
 
-    a = cfg.augment
-    lm_names = [lm.name for lm in cfg.lms]
-    target = a.generator or (lm_names[-1] if lm_names else "")
-    if a.enabled and "nbow" in s.encoders and target:
-        if target not in lm_names:
-            from fnbody.errors import FnbodyError
-
-            raise FnbodyError(f"augment.generator {target!r} is not one of lms {lm_names}")
+    if a.enabled and want_index and target:
         aug = out / "augment" / target
         stages.append(Stage(
             f"augment-{target}", {**to_dict(a), **to_dict(e), "seed": cfg.seed, "device": dev},
             lambda resume: [
-                fnbody_cmd("search", "index", out / "search" / "nbow", "--corpus", corpus, "--splits", "train",
-                           "--out", aug / "index", "--overwrite", *(["--bm25"] if a.rag_hybrid > 0 else [])),
-                task_cmd("evaluate_augmented", run=str(out / "lm" / target), corpus=str(corpus), index=str(aug / "index"),
+                task_cmd("evaluate_augmented", run=str(out / "lm" / target), corpus=str(corpus), index=str(index),
                          plain=str(out / "eval" / target), out=str(aug), name=target, rag_k=a.rag_k,
                          rag_budget_tokens=a.rag_budget_tokens, rag_hybrid=a.rag_hybrid, checked_n=a.checked_n, checked_temperature=a.checked_temperature, combined=a.combined,
                          bleu_samples=e.bleu_samples, humaneval_problems=e.humaneval_problems, max_new_tokens=e.max_new_tokens,
                          batch_size=e.batch_size, timeout=e.timeout, seed=cfg.seed, device=dev, require_body=e.require_body)],
-            outputs=[aug / "summary.json"], deps=["corpus", "search-nbow", f"eval-{target}"], workdir=aug,  # as eval: no stale partials
+            outputs=[aug / "summary.json"], deps=["corpus", "rag-index", f"eval-{target}"], workdir=aug,  # as eval: no stale partials
         ))
 
     stages.append(Stage(

@@ -104,6 +104,7 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
     """
     from fnbody.augment.checked import ExecutionCheckedGenerator
     from fnbody.augment.rag import RetrievalAugmentedGenerator, repo_lookup
+    from fnbody.config import read_run_info
     from fnbody.evaluate.bleu import bleu_report, paired_bleu_test
     from fnbody.evaluate.humaneval import evaluate_functional_correctness
     from fnbody.evaluate.samples import load_problems
@@ -122,7 +123,8 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
     cfg = _decoding(max_new_tokens, batch_size, seed, require_body)
     idx = SearchIndex.load(index, device=str(resolve_device(device)))  # a pretrained query encoder wants the GPU too
     summary: dict = {"model": name, "run": run, "index": {**{k: idx.info.get(k) for k in ("run", "encoder", "count", "source")}, "hybrid": rag_hybrid},
-                     "decoding": f"greedy|max_new_tokens:{max_new_tokens}|seed:{seed}{'|require_body' if require_body else ''}"}
+                     "decoding": f"greedy|max_new_tokens:{max_new_tokens}|seed:{seed}{'|require_body' if require_body else ''}",
+                     "trained_with_context": bool(((read_run_info(run).get("config") or {}).get("data") or {}).get("rag_index"))}
 
     # --- retrieval on the corpus test split: the same rows as the plain evaluation -------------------
     rows = load_prompts(corpus, split="test", max_samples=bleu_samples or None)

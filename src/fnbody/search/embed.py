@@ -121,8 +121,10 @@ class Embedder:
 
         from fnbody.config import from_dict, read_run_info
         from fnbody.search.model import SearchModelConfig, TwoTowerModel
+        from fnbody.train.distributed import resolve_device
 
         model_dir = Path(model_dir)
+        device = str(resolve_device(device))  # "auto" too, as the pipeline passes it
         info = read_run_info(model_dir)
         if info.get("kind") != KIND:
             raise FnbodyError(f"{model_dir}: a {info.get('kind')!r} run, not a search run")
