@@ -5,7 +5,8 @@ itself excluded, as in `RetrievalAugmentedGenerator`) is taken, and its body is 
 prompt's reference body with the same BLEU family the pipeline reports. That is the classic
 "retrieve and copy" baseline: it needs no generator, so it isolates the retriever. Weight 0 is the
 dense index alone (the baseline of this run); each weight w > 0 ranks by z(dense) + w * z(BM25).
-Pick the weight on `valid`, report it on `test`.
+Pick the weight on `valid`, report it on `test`. Several comma-separated indexes compare retrievers
+(e.g. NBoW against MiniLM) in one run, against the first one's dense-only row.
 
     .venv/bin/python benchmarks/rag_retrieval.py --corpus runs/corpus --index runs/index-bm25 --split valid
 """
@@ -19,7 +20,8 @@ import time
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", required=True)
-    ap.add_argument("--index", required=True, help="index of the train split, built with --bm25")
+    ap.add_argument("--index", required=True, help="index of the train split, built with --bm25; comma-separated to compare "
+                    "retrievers (the first one's dense-only row is the baseline)")
     ap.add_argument("--split", default="valid", help="prompts to score (choose the weight on valid, report test)")
     ap.add_argument("-n", type=int, default=1000, help="first N prompts of the split")
     ap.add_argument("--weights", default="0,0.3,1,3,100", help="hybrid weights to compare; 0 = dense only (the baseline)")
@@ -31,7 +33,7 @@ def main() -> int:
     from fnbody.generate.prompts import load_prompts
     from fnbody.search.index import SearchIndex
 
-    index = SearchIndex.load(args.index)
+    indexes = {path: SearchIndex.load(path) for path in args.index.split(",")}
     body_of = {r["code"]: r["body"] for r in load_prompts(args.corpus, "train")}
     rows = load_prompts(args.corpus, args.split, args.n)
     queries = [query_text(r["prompt"]) for r in rows]
@@ -39,27 +41,30 @@ def main() -> int:
     weights = [float(w) for w in args.weights.split(",")]
     if 0.0 not in weights:
         weights.insert(0, 0.0)
-    print(f"index {args.index}: {index.info['encoder']} + BM25, {len(index)} functions; {len(rows)} {args.split} prompts", flush=True)
     results = {}
-    for w in weights:
-        t0 = time.perf_counter()
-        copies = []
-        for r, hits in zip(rows, query_all(index, queries, 20, hybrid=w)):
-            allowed = [h for h in hits if h.get("repo") != r.get("repo") and not is_same_function(h.get("code") or "", r["prompt"])]
-            copies.append(body_of.get(allowed[0]["code"], "") if allowed else "")
-        results[w] = bleu_report(copies, refs, codes)["metrics"]
-        found = sum(bool(c) for c in copies)
-        print(f"weight {w:g}: " + ", ".join(f"{k} {v['score']:.4f}" for k, v in results[w].items())
-              + f"  ({time.perf_counter() - t0:.1f} s, a copy for {found}/{len(rows)})", flush=True)
-    base = results[0.0]
-    print(f"\nretrieve-and-copy on {args.split} (n={len(rows)}), ratio to dense-only retrieval measured above:")
-    print("| weight | seed-BLEU | BLEU | chrF | CodeXGLUE BLEU |\n|---|---|---|---|---|")
-    for w, m in results.items():
+    for path, index in indexes.items():
+        name = index.info["encoder"] if all(k[0] != index.info["encoder"] for k in results) else f"{index.info['encoder']}@{path}"
+        print(f"index {path}: {name} + BM25, {len(index)} functions; {len(rows)} {args.split} prompts", flush=True)
+        for w in weights:
+            t0 = time.perf_counter()
+            copies = []
+            for r, hits in zip(rows, query_all(index, queries, 20, hybrid=w)):
+                allowed = [h for h in hits if h.get("repo") != r.get("repo") and not is_same_function(h.get("code") or "", r["prompt"])]
+                copies.append(body_of.get(allowed[0]["code"], "") if allowed else "")
+            results[(name, w)] = bleu_report(copies, refs, codes)["metrics"]
+            found = sum(bool(c) for c in copies)
+            print(f"{name}, weight {w:g}: " + ", ".join(f"{k} {v['score']:.4f}" for k, v in results[(name, w)].items())
+                  + f"  ({time.perf_counter() - t0:.1f} s, a copy for {found}/{len(rows)})", flush=True)
+    first = next(iter(results))[0]
+    base = results[(first, 0.0)]
+    print(f"\nretrieve-and-copy on {args.split} (n={len(rows)}), ratio to {first} dense-only retrieval measured above:")
+    print("| retriever | weight | seed-BLEU | BLEU | chrF | CodeXGLUE BLEU |\n|---|---|---|---|---|---|")
+    for (name, w), m in results.items():
         cells = [f"{m[k]['score']:.4f} ({m[k]['score'] / base[k]['score']:.2f}x)" if base[k]['score'] else f"{m[k]['score']:.4f}"
                  for k in ("seed-bleu", "bleu", "chrf", "codexglue-bleu")]
-        print(f"| {w:g} | " + " | ".join(cells) + " |")
-    best = max(results, key=lambda w: results[w]["bleu"]["score"])
-    print(f"best weight by BLEU on {args.split}: {best:g}\nsignature: {base['bleu']['signature']}|data:{args.split}|n:{len(rows)}|copy:top1-excl-own-repo")
+        print(f"| {name} | {w:g} | " + " | ".join(cells) + " |")
+    best = max(results, key=lambda k: results[k]["bleu"]["score"])
+    print(f"best by BLEU on {args.split}: {best[0]}, weight {best[1]:g}\nsignature: {base['bleu']['signature']}|data:{args.split}|n:{len(rows)}|copy:top1-excl-own-repo")
     return 0
 
 
