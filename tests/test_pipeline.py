@@ -168,3 +168,25 @@ def test_context_training_without_its_retriever_is_refused(tmp_path):
     # The augment stage alone just does not run when its retriever was not trained (as before, for nbow).
     names = [st.name for st in build_stages(apply_overrides(load_preset("tiny"), ["augment.retriever=minilm"]), tmp_path)]
     assert "rag-index" not in names and not any(n.startswith("augment-") for n in names)
+
+
+def test_report_splits_the_bleu_change_into_brevity_and_precision(tmp_path):
+    from fnbody.pipeline.report import _beyond_section
+
+    def side(bleu, bp):
+        return {"seed-bleu": {"score": 0.1, "signature": "s"}, "bleu": {"score": bleu, "bp": bp, "signature": "b"},
+                "codexglue-bleu": {"score": 5.0, "signature": "c"}}
+
+    he = {"pass@1": 0.0, "signature": "p"}
+    summary = {"model": "m", "index": {"encoder": "minilm", "count": 10, "hybrid": 0.0}, "trained_with_context": True,
+               "bleu": {"plain": side(2.0, 0.2), "rag": side(2.2, 0.25), "own_repo_hits": 0, "mean_context_functions": 1.0},
+               "humaneval": {"problems": "HumanEval first 2 of 164", "plain": he, "rag": he, "checked": he}}
+    (tmp_path / "augment" / "m").mkdir(parents=True)
+    (tmp_path / "augment" / "m" / "summary.json").write_text(json.dumps(summary))
+    md, rep = [], {}
+    _beyond_section(tmp_path, rep, md)
+    text = "\n".join(md)
+    # +10% BLEU, all of it from length: BP x1.25, precisions x(2.2/0.25)/(2.0/0.2) = x0.88
+    assert "+10% relative (brevity penalty x1.25, n-gram precisions x0.88)" in text
+    assert "**m** (fine-tuned with retrieved context)" in text and "MiniLM encoder" in text
+    assert rep["beyond"]["m"]["bleu_gain"] == pytest.approx(0.1)

@@ -219,7 +219,11 @@ def _beyond_section(out: Path, rep: dict, md: list[str]) -> None:
         test = b.get("rag_vs_plain")  # paired bootstrap; absent from summaries written before it existed
         sig_note = (f" (paired bootstrap over the test rows: p = {test['p_value']:.3f}; resampled BLEU with retrieval "
                     f"{_spread(test['system_ci95'])}, without {_spread(test['baseline_ci95'])}, 95%)") if test else ""
-        md.append(f"\nRetrieval's BLEU change: {'—' if gain is None else f'{gain:+.0%}'} relative{sig_note}; issue 9 target: +10%; "
+        bp0, bp1 = b["plain"]["bleu"].get("bp"), b["rag"]["bleu"].get("bp")
+        # BLEU = brevity penalty x precisions: say which of the two moved, since longer output alone can raise BLEU.
+        parts = (f" (brevity penalty x{bp1 / bp0:.2f}, n-gram precisions x{(with_rag / bp1) / (base / bp0):.2f})"
+                 if gain is not None and with_rag and bp0 and bp1 else "")
+        md.append(f"\nRetrieval's BLEU change: {'—' if gain is None else f'{gain:+.0%}'} relative{parts}{sig_note}; issue 9 target: +10%; "
                   f"pass@1 target 8.3% (PyCodeGPT-110M).\n\nSignatures:\n")
         for side in ("plain", "rag"):
             md.append(f"- BLEU {side}: `{b[side]['bleu']['signature']}`")
