@@ -105,8 +105,9 @@ def main() -> int:
         outs, secs = timed(lambda g=g: g.generate([r["prompt"] for r in rows], cfg))
         texts[name] = [o[0].text for o in outs]
         rep = bleu_report(texts[name], [r["body"] for r in rows], [r["code"] for r in rows])["metrics"]
-        bleu[name] = {k: rep[k]["score"] for k in ("seed-bleu", "bleu", "codexglue-bleu", "chrf")} | {"seconds": secs, "signature": rep["bleu"]["signature"]}
-        bleu[name] |= {"bp": rep["bleu"]["bp"], "len_ratio": rep["bleu"]["sys_len"] / max(rep["bleu"]["ref_len"], 1)}
+        b = rep["bleu"]
+        bleu[name] = {k: rep[k]["score"] for k in ("seed-bleu", "bleu", "codexglue-bleu", "chrf")} | {
+            "seconds": secs, "signature": b["signature"], "bp": b["bp"], "len_ratio": b["sys_len"] / max(b["ref_len"], 1)}
         if name != "plain":  # paired bootstrap against plain decoding on the same rows
             bleu[name]["vs_plain"] = paired_bleu_test(texts["plain"], texts[name], [r["body"] for r in rows])
         print(f"BLEU {name}: {bleu[name]}", file=sys.stderr, flush=True)

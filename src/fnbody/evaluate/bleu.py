@@ -143,7 +143,7 @@ def bleu_report(hypotheses: Sequence[str], references: Sequence[str], codes: Seq
         # Corpus BLEU of truncated generations is often ruled by its brevity penalty: keep the parts beside the score.
         "bleu": {"score": bleu_score.score, "signature": _sig("bleu", "python-tokenize", "exp", n, f"|corpus|sacrebleu[{bleu.get_signature()}]"),
                  "bp": bleu_score.bp, "sys_len": bleu_score.sys_len, "ref_len": bleu_score.ref_len,
-                 "precisions": [round(x, 4) for x in bleu_score.precisions]},
+                 "precisions": list(bleu_score.precisions)},
         "codexglue-bleu": {"score": 100.0 * sum(cxg) / n, "signature": _sig("codexglue-bleu", "splitPuncts+mteval", "add1", n, "|sentence-avg|x100")},
         "exact-match": {"score": 100.0 * sum(exact) / n, "signature": _sig("exact-match", "python-tokenize", "none", n, "|x100")},
         "chrf": {"score": chrf_score.score, "signature": _sig("chrf", "char", "none", n, f"|corpus|sacrebleu[{chrf.get_signature()}]")},

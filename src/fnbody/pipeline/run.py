@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from fnbody.config import config_hash, to_dict, write_run_info
+from fnbody.errors import FnbodyError
 from fnbody.pipeline.config import PipelineConfig
 from fnbody.pipeline.stages import Stage, StageRunner, fnbody_cmd
 from fnbody.pipeline.tasks import task_cmd
@@ -82,12 +83,8 @@ def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
     target = a.generator or (lm_names[-1] if lm_names else "")
     rag_lms = [lm.name for lm in cfg.lms if lm.rag]
     if target and target not in lm_names and a.enabled:
-        from fnbody.errors import FnbodyError
-
         raise FnbodyError(f"augment.generator {target!r} is not one of lms {lm_names}")
     if rag_lms and a.retriever not in s.encoders:
-        from fnbody.errors import FnbodyError
-
         raise FnbodyError(f"lms {rag_lms} train with retrieved context (rag = true), but augment.retriever {a.retriever!r} "
                           f"is not among search.encoders {s.encoders}: add it there or set augment.retriever")
     index = out / "index"

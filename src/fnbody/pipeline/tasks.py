@@ -113,7 +113,6 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
     from fnbody.generate.run import generate_samples
     from fnbody.io import read_json, read_jsonl, write_jsonl
     from fnbody.search.index import SearchIndex
-    from fnbody.train.distributed import resolve_device
 
     out_dir, plain_dir = Path(out), Path(plain)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +120,7 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
     gen = load_generator(run, device=device)
     require_body = require_body and _is_lm(gen)  # only transformers implement it; the signature says what ran
     cfg = _decoding(max_new_tokens, batch_size, seed, require_body)
-    idx = SearchIndex.load(index, device=str(resolve_device(device)))  # a pretrained query encoder wants the GPU too
+    idx = SearchIndex.load(index, device=device)  # "auto" resolves there: a pretrained query encoder wants the GPU too
     summary: dict = {"model": name, "run": run, "index": {**{k: idx.info.get(k) for k in ("run", "encoder", "count", "source")}, "hybrid": rag_hybrid},
                      "decoding": f"greedy|max_new_tokens:{max_new_tokens}|seed:{seed}{'|require_body' if require_body else ''}",
                      "trained_with_context": bool(((read_run_info(run).get("config") or {}).get("data") or {}).get("rag_index"))}
