@@ -68,6 +68,8 @@ def test_report_has_every_section_with_real_numbers(tiny_run):
         assert _is_number(beyond["humaneval"][side]["pass@1"]) and beyond["humaneval"][side]["tasks"] == 2
     assert "checked:n2" in beyond["humaneval"]["checked"]["signature"]
     assert "rag:k2" in beyond["humaneval"]["rag+checked"]["signature"] and "checked:n2" in beyond["humaneval"]["rag+checked"]["signature"]
+    # the progress file of a finished augment stage is gone: only summary.json, the complete one, remains
+    assert not (out / "augment" / "gpt2-scratch" / "summary.partial.json").exists() and "partial" not in beyond
     md = (out / "report.md").read_text()
     for heading in ("## Data", "## Code search", "## Char-RNN baseline", "### Sweep", "## Generation", "## BLEU during training", "## Sample generations",
                     "## Beyond the report"):

@@ -151,6 +151,10 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
     # Is the change more than resampling noise? (With tens of test rows, BLEU moves by several points.)
     paired = paired_bleu_test(plain_hyps, rag_hyps, refs)
     summary["bleu"]["rag_vs_plain"] = {**paired, "signature": f"{paired['signature']}|{data_sig}|model:{name}|{sig}"}
+    # Each finished part is kept in summary.partial.json, so a run stopped later (a timeout, a lost machine) still shows what it
+    # measured; summary.json, which the report reads, is written only once every part is done.
+    partial = out_dir / "summary.partial.json"
+    write_json(partial, {**summary, "partial": True})
 
     # --- HumanEval: plain greedy (from the plain evaluation), with retrieval, execution-checked --------
     problems = load_problems()
@@ -172,7 +176,9 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
         he["signature"] += f"|{key_sig}"
         summary["humaneval"][key] = he
         write_jsonl(out_dir / f"humaneval_results_{key}.jsonl", results)
+        write_json(partial, {**summary, "partial": True})
     write_json(out_dir / "summary.json", summary)
+    partial.unlink(missing_ok=True)
     return summary
 
 
