@@ -17,10 +17,16 @@
 #
 #   GPU_DATA=DIR PHASE=search bash benchmarks/gpu_augment.sh   # DIR: corpus/, minilm/ (HF folder), csn-python-sample/, smollm2.gguf
 #   GPU_AUG_SMOKE=1 bash benchmarks/gpu_augment.sh             # tiny budgets and a tiny corpus on this CPU: checks the script
-# Measured on one H100 (2026-11-26, RESULTS.md "GPU session 3"): phase search 259 s (MiniLM 3 epochs in 82 s of optimisation);
-# phase lm spent 330 s building retrieval-augmented data before augment.rag.TokenBudget (14.5x faster since: ~30-60 s expected),
-# then 100 s of training, so its 500 s timeout cut the evaluation. Plan a 15-minute device budget as: start ~35 s, moving the data
-# (three calls: corpus + half the GGUF, MiniLM, the other half) ~30 s, search ~260 s, lm ~400 s.
+# Knobs: MINILM_VARIANTS ("NAME:BATCH:LR:CODE_LEN:EPOCHS ...", trained side by side), FROZEN=0 (skip the frozen MiniLM), MINILM_S,
+# LM_S, BATCH (generation batch; 512 fits an H100 with room to spare), CHECK_N, COMBINED=false (skip rag+checked), AUG_S (cap of
+# the retrieval/checked evaluation), ZS_DEADLINE=0 (skip the untuned model), RETRIEVER=RUN (phase lm without phase search:
+# index the train split with this search run, e.g. the H100-tuned MiniLM kept from GPU session 4, instead of a quick NBoW).
+# Measured on one H100 (RESULTS.md "GPU session 4"): phase search with two variants side by side 210 s (140 s of training each);
+# phase lm 257 s to the end of 120 s of training (GGUF conversion, tokenising, retrieving context for half the functions: ~135 s),
+# 87 s for the plain evaluation (500 BLEU rows + 164 HumanEval at batch 512), then ~70 s for retrieval BLEU + HumanEval. The
+# execution-checked HumanEval (N=16: 2,624 samples) did not fit what was left, so a 15-minute budget holds EITHER the search phase
+# and a lean lm phase (LM_S=100, COMBINED=false, CHECK_N=8) OR the lm phase in full: plan start ~35 s, data ~15 s, search ~210 s,
+# lm ~500 s with checking, and call nothing else.
 # Results land in $OUT (default /tmp/gpu_augment_out): log.txt, search.json, lm_metrics.jsonl, eval_summary.json,
 # augment_summary.json, zeroshot.json, lm_curves.png, search_curves.png and outputs.tar.gz (samples and results).
 set -uo pipefail
@@ -113,33 +119,55 @@ EOF
 if [ "$PHASE" = search ] || [ "$PHASE" = all ]; then
   [ -f "$MINILM/config.json" ] || { say "no MiniLM folder at $MINILM"; exit 2; }
   mkdir -p "$W/search"
-  # 1. Frozen: no training steps; the pretrained weights are the run.
-  say "minilm frozen"
-  timeout 400 "${FN[@]}" train search --corpus "$CORPUS" --encoder minilm --pretrained "$MINILM" --out "$W/search/minilm" --device "$DEV" \
-      $MINILM_CAP --set train.show_progress=false > "$W/search/minilm.log" 2>&1 && evaluate_run "$W/search/minilm"
-  say "minilm frozen: rc $? $(tail -c 300 "$W/search/minilm/eval.json" 2>/dev/null | tr -d '\n' | head -c 300)"
-  # 2. Fine-tuned: a GPU batch (more in-batch negatives), lr scaled with it, cosine over several epochs, best by valid MRR.
-  say "minilm fine-tune ${MINILM_S}s"
-  timeout $(( MINILM_S + 300 )) "${FN[@]}" train search --corpus "$CORPUS" --encoder minilm --finetune --pretrained "$MINILM" \
-      --out "$W/search/minilm-ft" --device "$DEV" $MINILM_CAP --set train.batch_size="$MINILM_BATCH" --set train.lr=4e-5 \
-      --set train.max_epochs=3 --set train.warmup_steps=60 --set train.eval_every=60 --set train.patience=6 \
-      --set train.max_seconds="$MINILM_S" --set train.show_progress=false > "$W/search/minilm-ft.log" 2>&1 && evaluate_run "$W/search/minilm-ft"
-  say "minilm fine-tuned: rc $? $(tail -c 300 "$W/search/minilm-ft/eval.json" 2>/dev/null | tr -d '\n' | head -c 300)"
-  tail -n 5 "$W/search/minilm-ft.log"
-  cp "$(ls "$W"/search/minilm-ft/*.png 2>/dev/null | head -1)" "$OUT/search_curves.png" 2>/dev/null
-  # Bring the tuned weights home: fp16 (45 MB) in parts under the 16 MiB per-file limit. Rebuild the run from
-  # outputs.tar.gz's search/minilm-ft plus `cat minilm_ft_fp16.part* > checkpoints/best/model.safetensors`.
-  if [ -f "$W/search/minilm-ft/checkpoints/best/model.safetensors" ]; then
-    "$PY" - "$W/search/minilm-ft/checkpoints/best/model.safetensors" "$W/minilm_ft_fp16.safetensors" <<'EOF'
+  # 1. Frozen: no training steps; the pretrained weights are the run (FROZEN=0 skips it: measured before, 0.568).
+  if [ "${FROZEN:-1}" != 0 ]; then
+    say "minilm frozen"
+    timeout 400 "${FN[@]}" train search --corpus "$CORPUS" --encoder minilm --pretrained "$MINILM" --out "$W/search/minilm" --device "$DEV" \
+        $MINILM_CAP --set train.show_progress=false > "$W/search/minilm.log" 2>&1 && evaluate_run "$W/search/minilm"
+    say "minilm frozen: rc $? $(tail -c 300 "$W/search/minilm/eval.json" 2>/dev/null | tr -d '\n' | head -c 300)"
+  fi
+  # 2. Fine-tuned variants, side by side on the one GPU (a 22M model leaves an H100 mostly idle). Each NAME:BATCH:LR:CODE_LEN:EPOCHS
+  #    is in-batch softmax with a cosine schedule over EPOCHS, best checkpoint by valid MRR. The variant with the best valid MRR
+  #    (never test) becomes phase lm's retriever and comes home. Each is scored on test: dense (CSN protocol, and the real CSN
+  #    rows) and fused with BM25 at the weight its valid pairs choose (benchmarks/search_fusion.py).
+  VARIANTS=${MINILM_VARIANTS:-"minilm-ft:$MINILM_BATCH:4e-5:128:3"}; pids=()
+  for v in $VARIANTS; do
+    IFS=: read -r name bs lr clen ep <<< "$v"
+    say "$name: fine-tune ${MINILM_S}s (batch $bs, lr $lr, code $clen wordpieces, $ep epochs)"
+    ( timeout $(( MINILM_S + 300 )) "${FN[@]}" train search --corpus "$CORPUS" --encoder minilm --finetune --pretrained "$MINILM" \
+        --out "$W/search/$name" --device "$DEV" $MINILM_CAP --set train.batch_size="$bs" --set train.lr="$lr" \
+        --set model.code_max_len="$clen" --set train.max_epochs="$ep" --set train.warmup_steps=60 --set train.eval_every=60 \
+        --set train.patience=6 --set train.max_seconds="$MINILM_S" --set train.show_progress=false > "$W/search/$name.log" 2>&1 \
+      && { evaluate_run "$W/search/$name" & ev=$!; timeout 300 "$PY" benchmarks/search_fusion.py --corpus "$CORPUS" --run "$W/search/$name" \
+             --device "$DEV" --threads 4 > "$W/search/$name.fusion.txt" 2>&1; wait "$ev"; } ) &
+    pids+=($!)
+  done
+  wait "${pids[@]}"  # by pid: a bare `wait` would also wait for the log's tee (bash >= 5.1), forever
+  BEST=""; BEST_MRR=-1
+  for v in $VARIANTS; do
+    name=${v%%:*}
+    vm=$("$PY" -c 'import json, sys; m = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]; print(max((x["valid_mrr"] for x in m if "valid_mrr" in x), default=-1))' "$W/search/$name/metrics.jsonl" 2>/dev/null || echo -1)
+    say "$name: best valid MRR $vm; test $(tail -c 300 "$W/search/$name/eval.json" 2>/dev/null | tr -d '\n' | head -c 300)"
+    tail -n 3 "$W/search/$name.log"; grep -E "grid|MRR" "$W/search/$name.fusion.txt" || tail -n 5 "$W/search/$name.fusion.txt"
+    if [ -f "$W/search/$name/eval.json" ] && "$PY" -c 'import sys; sys.exit(float(sys.argv[1]) <= float(sys.argv[2]))' "$vm" "$BEST_MRR"; then
+      BEST=$W/search/$name; BEST_MRR=$vm
+    fi
+  done
+  [ -n "$BEST" ] || BEST=$W/search/minilm
+  say "retriever: $(basename "$BEST") (valid MRR $BEST_MRR)"
+  cp "$(ls "$BEST"/*.png 2>/dev/null | head -1)" "$OUT/search_curves.png" 2>/dev/null
+  # Bring the chosen tuned weights home: fp16 (45 MB) in parts under the 16 MiB per-file limit. Rebuild the run from
+  # outputs.tar.gz's search/NAME plus `cat minilm_ft_fp16.part* > checkpoints/best/model.safetensors`.
+  if [ -f "$BEST/checkpoints/best/model.safetensors" ]; then
+    "$PY" - "$BEST/checkpoints/best/model.safetensors" "$W/minilm_ft_fp16.safetensors" <<'EOF'
 import sys
 from safetensors.torch import load_file, save_file
 sd = load_file(sys.argv[1])
 save_file({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, sys.argv[2], metadata={"format": "pt"})
 EOF
-    split -b 15M -d "$W/minilm_ft_fp16.safetensors" "$OUT/minilm_ft_fp16.part" && say "tuned MiniLM weights: $(ls "$OUT" | grep -c minilm_ft_fp16.part) parts in \$OUT"
+    split -b 15M -d "$W/minilm_ft_fp16.safetensors" "$OUT/minilm_ft_fp16.part" && say "tuned MiniLM weights ($(basename "$BEST")): $(ls "$OUT" | grep -c minilm_ft_fp16.part) parts in \$OUT"
   fi
-  # 3. The retriever for phase lm: the fine-tuned run when it finished, else the frozen one.
-  BEST=$W/search/minilm-ft; [ -f "$BEST/eval.json" ] || BEST=$W/search/minilm
+  # 3. The retriever for phase lm: the chosen run, indexing the train split.
   timeout 300 "${FN[@]}" search index "$BEST" --corpus "$CORPUS" --splits train --out "$W/index" --device "$DEV" --overwrite $BM25_FLAG > "$W/index.log" 2>&1
   say "index of train with $(basename "$BEST"): rc $? $(tail -n 2 "$W/index.log" | tr '\n' ' ')"
   # 4. From-scratch encoders, when asked for.
@@ -150,6 +178,10 @@ fi
 if [ "$PHASE" = lm ] || [ "$PHASE" = all ]; then
   [ -f "$GGUF" ] || { say "no SmolLM2 GGUF at $GGUF"; exit 2; }
   "$PY" -c 'from fnbody.evaluate.execution import sandbox_info; print("sandbox:", sandbox_info())'
+  if [ ! -f "$W/index/index.json" ] && [ -n "${RETRIEVER:-}" ]; then  # a search run trained before (e.g. a tuned MiniLM brought home)
+    timeout 300 "${FN[@]}" search index "$RETRIEVER" --corpus "$CORPUS" --splits train --out "$W/index" --device "$DEV" --overwrite $BM25_FLAG > "$W/index.log" 2>&1
+    say "index of train with $RETRIEVER: rc $? $(tail -n 2 "$W/index.log" | tr '\n' ' ')"
+  fi
   if [ ! -f "$W/index/index.json" ]; then  # no phase-search index: a quick NBoW one
     search_one nbow "$SEARCH_S"
     timeout 300 "${FN[@]}" search index "$W/search/nbow" --corpus "$CORPUS" --splits train --out "$W/index" --device "$DEV" --overwrite $BM25_FLAG
@@ -172,10 +204,11 @@ if [ "$PHASE" = lm ] || [ "$PHASE" = all ]; then
   timeout 300 "$PY" -m fnbody.pipeline.tasks evaluate_generator "$EVAL"
   say "eval: rc $? $(tr -d '\n ' < "$W/eval/summary.json" 2>/dev/null | head -c 1200)"
   cp "$W/eval/summary.json" "$OUT/eval_summary.json" 2>/dev/null
-  AUG="{\"run\": \"$W/lm\", \"corpus\": \"$CORPUS\", \"index\": \"$W/index\", \"plain\": \"$W/eval\", \"out\": \"$W/augment\", \"name\": \"smollm2-rag-ft\", \"rag_k\": 2, \"rag_hybrid\": $RAG_HYBRID, \"checked_n\": $CHECK_N, \"checked_temperature\": 0.8, \"bleu_samples\": $BLEU_N, \"humaneval_problems\": $HE_N, \"max_new_tokens\": $NEW, \"batch_size\": $BATCH, \"timeout\": 10.0, \"device\": \"$DEV\", \"combined\": true, \"require_body\": true}"
-  timeout 420 "$PY" -m fnbody.pipeline.tasks evaluate_augmented "$AUG"
+  AUG="{\"run\": \"$W/lm\", \"corpus\": \"$CORPUS\", \"index\": \"$W/index\", \"plain\": \"$W/eval\", \"out\": \"$W/augment\", \"name\": \"smollm2-rag-ft\", \"rag_k\": 2, \"rag_hybrid\": $RAG_HYBRID, \"checked_n\": $CHECK_N, \"checked_temperature\": 0.8, \"bleu_samples\": $BLEU_N, \"humaneval_problems\": $HE_N, \"max_new_tokens\": $NEW, \"batch_size\": $BATCH, \"timeout\": 10.0, \"device\": \"$DEV\", \"combined\": ${COMBINED:-true}, \"require_body\": true}"
+  timeout "${AUG_S:-420}" "$PY" -m fnbody.pipeline.tasks evaluate_augmented "$AUG"
   say "augment: rc $? $(tr -d '\n ' < "$W/augment/summary.json" 2>/dev/null | head -c 3000)"
-  cp "$W/augment/summary.json" "$OUT/augment_summary.json" 2>/dev/null
+  # a run cut short leaves the parts it finished in summary.partial.json ("partial": true)
+  cp "$W/augment/summary.json" "$OUT/augment_summary.json" 2>/dev/null || cp "$W/augment/summary.partial.json" "$OUT/augment_summary.partial.json" 2>/dev/null
 
   # 3. The untuned model, if the phase is still inside its time plan.
   if [ $(( $(date +%s) - T1 )) -lt "$ZS_DEADLINE" ]; then

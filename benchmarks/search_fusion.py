@@ -10,7 +10,7 @@ BM25, the subtokens and the fusion are fnbody.search.lexical's (the ones `fnbody
 `fnbody eval search --hybrid` use).
 Prints each MRR and the ratio to the dense baseline measured in the same run.
 
-Run: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/search_fusion.py --corpus DIR --run RUN [--test-index INDEX]
+Run: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/search_fusion.py --corpus DIR --run RUN [--test-index INDEX] [--device cuda]
 (`--test-index`: an index of exactly the test split made with RUN, to reuse its code vectors.)
 
 `--latency ROWS --test-index INDEX`: instead of the MRRs, the per-query ranking latency of hybrid search
@@ -37,6 +37,7 @@ def main() -> int:
     ap.add_argument("--test-index", help="index of the test split built with --run (reuses its code vectors)")
     ap.add_argument("--valid-n", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="where the dense run embeds: cpu, cuda, auto (scoring stays on the CPU)")
     ap.add_argument("--latency", type=int, metavar="ROWS", help="time hybrid vs dense queries over >= ROWS rows instead (needs --test-index)")
     ap.add_argument("--queries", type=int, default=200, help="--latency: test docstrings timed as queries")
     args = ap.parse_args()
@@ -56,7 +57,7 @@ def main() -> int:
     from fnbody.search.metrics import CSN_EVAL_BATCH, batched_mrr, reciprocal_ranks
 
     t0 = time.perf_counter()
-    emb = Embedder.load(args.run, "cpu")
+    emb = Embedder.load(args.run, args.device)
     test, valid, train = read_split(args.corpus, "test"), read_split(args.corpus, "valid", args.valid_n), read_split(args.corpus, "train")
     if len(test) < CSN_EVAL_BATCH:
         sys.exit(f"{args.corpus}: the CSN protocol needs >= {CSN_EVAL_BATCH} test pairs, found {len(test)}")
