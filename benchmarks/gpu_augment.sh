@@ -199,7 +199,9 @@ if [ "$PHASE" = lm ] || [ "$PHASE" = all ]; then
   cp "$W/lm/metrics.jsonl" "$OUT/lm_metrics.jsonl" 2>/dev/null
   cp "$(ls "$W"/lm/*.png 2>/dev/null | head -1)" "$OUT/lm_curves.png" 2>/dev/null
 
-  # 2. Evaluation: plain, then retrieval / checked / both.
+  # 2. Evaluation: plain, then retrieval / checked / both. The tasks keep finished sample files in their folder, so clear
+  #    what an earlier run of this script left there (another model); rerunning a task by hand afterwards resumes it.
+  rm -rf "$W/eval" "$W/augment"
   EVAL="{\"run\": \"$W/lm\", \"corpus\": \"$CORPUS\", \"out\": \"$W/eval\", \"name\": \"smollm2-rag-ft\", \"bleu_samples\": $BLEU_N, \"humaneval_problems\": $HE_N, \"max_new_tokens\": $NEW, \"batch_size\": $BATCH, \"timeout\": 10.0, \"device\": \"$DEV\", \"require_body\": true}"
   timeout 300 "$PY" -m fnbody.pipeline.tasks evaluate_generator "$EVAL"
   say "eval: rc $? $(tr -d '\n ' < "$W/eval/summary.json" 2>/dev/null | head -c 1200)"

@@ -72,6 +72,27 @@ def test_generate_samples_resumes_after_interrupt(tmp_path):
     assert not (tmp_path / "samples.jsonl.partial").exists()
 
 
+def test_generate_samples_reuses_a_complete_file_only_when_asked_and_only_if_it_matches(tmp_path):
+    rows = [{"task_id": f"t{i}", "prompt": PROMPT.replace("f(", f"f{i}(")} for i in range(5)]
+    out = tmp_path / "samples.jsonl"
+    cfg = GenerationConfig(n=2, batch_size=2)
+    assert generate_samples(CountingGenerator(), rows, cfg, out) == 10
+    before = out.read_text()
+    gen = CountingGenerator()
+    assert generate_samples(gen, rows, cfg, out, reuse_complete=True) == 10
+    assert gen.calls == 0 and out.read_text() == before  # kept: nothing generated again
+    gen = CountingGenerator()
+    generate_samples(gen, rows, cfg, out)  # without the flag (the CLI's default) the file is generated afresh
+    assert gen.calls == 3
+    for other_rows, other_cfg in ((rows[:4], cfg), (rows, GenerationConfig(n=1, batch_size=2))):  # other rows, other n
+        gen = CountingGenerator()
+        n = generate_samples(gen, other_rows, other_cfg, out, reuse_complete=True)
+        assert gen.calls > 0 and n == len(other_rows) * other_cfg.n
+    gen = CountingGenerator()
+    generate_samples(gen, rows, cfg, out, resume=False, reuse_complete=True)  # no resuming at all: generated afresh
+    assert gen.calls == 3
+
+
 def test_load_prompts_sources(tmp_path, tiny_corpus):
     rows = load_prompts(str(tiny_corpus), split="test", max_samples=5)
     assert len(rows) == 5 and all(r["prompt"].startswith("def ") for r in rows)

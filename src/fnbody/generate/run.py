@@ -12,15 +12,23 @@ from fnbody.io import iter_jsonl
 from fnbody.progress import progress
 
 
-def generate_samples(gen: Generator, rows: list[dict], cfg: GenerationConfig, output: Path, resume: bool = True) -> int:
+def generate_samples(gen: Generator, rows: list[dict], cfg: GenerationConfig, output: Path, resume: bool = True,
+                     reuse_complete: bool = False) -> int:
     """Write `cfg.n` samples per prompt row to `output` (jsonl: task_id, completion, ...); returns the count.
 
     Rows are processed in batches of `cfg.batch_size`; each finished batch is appended to
     `output.partial` and flushed, so an interrupted run continues from the last finished batch.
-    `output` itself appears only when every prompt is done.
+    `output` itself appears only when every prompt is done. With `reuse_complete` (and `resume`), an
+    `output` that already holds exactly `cfg.n` samples for each of `rows`, in order, is kept as it is: for
+    callers whose folder is wiped whenever the settings change (the pipeline's stages), so a rerun after a
+    later step failed does not generate again.
     """
     output = Path(output)
     partial = output.with_name(output.name + ".partial")
+    if resume and reuse_complete and output.exists():
+        have = [row.get("task_id") for _, row in iter_jsonl(output, skip_invalid=True)]
+        if have == [r["task_id"] for r in rows for _ in range(cfg.n)]:
+            return len(have)
     done: set[str] = set()
     if resume and partial.exists():
         for _, row in iter_jsonl(partial, skip_invalid=True):  # a torn last line from a kill is dropped

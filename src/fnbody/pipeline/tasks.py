@@ -2,6 +2,8 @@
 
 Running them as child processes keeps every stage alike: its own log, its own failure, and a
 clean interpreter (a model loaded for one stage is not held in memory by the next).
+Rerun into the same folder, a task resumes its unfinished sample files and keeps the finished ones
+(the pipeline wipes a stage's folder whenever the stage's settings change, so nothing stale is kept).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def evaluate_generator(run: str, corpus: str, out: str, name: str, bleu_samples:
     t0 = time.perf_counter()
     rows = load_prompts(corpus, split="test", max_samples=bleu_samples or None)
     test_samples = out_dir / "test_samples.jsonl"
-    generate_samples(gen, rows, cfg, test_samples)
+    generate_samples(gen, rows, cfg, test_samples, reuse_complete=True)
     summary["test_generation_s"] = round(time.perf_counter() - t0, 1)
     samples = {s["task_id"]: s["completion"] for s in read_jsonl(test_samples)}
     hyps = [samples[r["task_id"]] for r in rows]
@@ -76,7 +78,7 @@ def evaluate_generator(run: str, corpus: str, out: str, name: str, bleu_samples:
     ids = list(problems)[: humaneval_problems or None]
     he_rows = [{"task_id": i, "prompt": problems[i]["prompt"]} for i in ids]
     he_samples = out_dir / "humaneval_samples.jsonl"
-    generate_samples(gen, he_rows, cfg, he_samples)
+    generate_samples(gen, he_rows, cfg, he_samples, reuse_complete=True)
     summary["humaneval_generation_s"] = round(time.perf_counter() - t0, 1)
     he_summary, results = evaluate_functional_correctness(read_jsonl(he_samples), {i: problems[i] for i in ids}, ks=(1,), timeout=timeout)
     he_summary["problems"] = f"HumanEval first {len(ids)} of 164" if len(ids) < 164 else "HumanEval all 164"
@@ -129,7 +131,7 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
     rows = load_prompts(corpus, split="test", max_samples=bleu_samples or None)
     rag = RetrievalAugmentedGenerator(gen, idx, k=rag_k, exclude_repo=repo_lookup(rows), budget_tokens=rag_budget_tokens, hybrid=rag_hybrid)
     rag_samples = out_dir / "test_samples_rag.jsonl"
-    generate_samples(rag, rows, cfg, rag_samples)
+    generate_samples(rag, rows, cfg, rag_samples, reuse_complete=True)
     got = {s["task_id"]: s["completion"] for s in read_jsonl(rag_samples)}
     plain_got = {s["task_id"]: s["completion"] for s in read_jsonl(plain_dir / "test_samples.jsonl")}
     missing = [r["task_id"] for r in rows if r["task_id"] not in plain_got]
@@ -170,7 +172,7 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
         configs.append(("rag+checked", ExecutionCheckedGenerator(he_rag, n_candidates=checked_n, temperature=checked_temperature), f"{sig}|{check_sig}"))
     for key, g, key_sig in configs:
         path = out_dir / f"humaneval_samples_{key}.jsonl"
-        generate_samples(g, he_rows, cfg, path)
+        generate_samples(g, he_rows, cfg, path, reuse_complete=True)
         he, results = evaluate_functional_correctness(read_jsonl(path), subset, ks=(1,), timeout=timeout)
         he["problems"] = label
         he["signature"] += f"|{key_sig}"
