@@ -140,6 +140,28 @@ def test_generation_stages_start_clean_when_their_settings_change(tmp_path):
 
 
 
+def test_search_epoch_cap_never_stretches_an_encoders_recipe_and_settings_win(tmp_path):
+    from fnbody.config import apply_overrides
+    from fnbody.pipeline.run import build_stages
+    from fnbody.search.train import config_with_overrides
+
+    def train_cfg(cfg, enc):
+        st = {s.name: s for s in build_stages(cfg, tmp_path)}[f"search-{enc}"]
+        argv = [str(a) for a in st.commands(False)[0]]
+        assert "--max-epochs" not in argv and "--max-steps" not in argv
+        return config_with_overrides(enc, [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]).train
+
+    paper = apply_overrides(load_preset("paper"), ['search.encoders=["nbow","minilm"]'])
+    assert paper.search.max_epochs == 100
+    assert train_cfg(paper, "nbow").max_epochs == 100  # from scratch (CSN default 300): capped at 100
+    assert train_cfg(paper, "minilm").max_epochs == 1  # MiniLM's one-epoch fine-tune is not stretched to 100
+    tuned = apply_overrides(paper, ['search.settings=["minilm:train.max_epochs=2","train.max_steps=7"]'])
+    assert train_cfg(tuned, "minilm").max_epochs == 2 and train_cfg(tuned, "minilm").max_steps == 7  # settings win over the caps
+    demo = load_preset("demo")
+    t = train_cfg(demo, demo.search.encoders[0])
+    assert (t.max_epochs, t.max_steps) == (demo.search.max_epochs, demo.search.max_steps)
+
+
 def test_retrieval_index_stage_feeds_context_training_and_augment(tmp_path):
     from fnbody.config import apply_overrides
     from fnbody.pipeline.run import build_stages

@@ -29,8 +29,8 @@ class SearchStage:
     """Code-search baselines (`fnbody train search`, `fnbody eval search`)."""
 
     encoders: list[str] = field(default_factory=lambda: ["nbow", "rnn"], metadata={"help": "encoders to train"})
-    max_epochs: int = field(default=20, metadata={"help": "epoch cap"})
-    max_steps: int = field(default=0, metadata={"help": "step cap (0 = none)"})
+    max_epochs: int = field(default=20, metadata={"help": "epoch cap (never lengthens an encoder's own recipe, e.g. MiniLM's 1 epoch; settings override it)"})
+    max_steps: int = field(default=0, metadata={"help": "step cap (0 = none; settings override it)"})
     max_samples: int = field(default=0, metadata={"help": "training functions cap (0 = all)"})
     settings: list[str] = field(default_factory=list, metadata={"help": "extra --set overrides: `key=v` for every encoder, `rnn:key=v` for one"})
 

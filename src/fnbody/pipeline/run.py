@@ -47,6 +47,23 @@ def _for_encoder(settings: list[str], encoder: str) -> list[str]:
     return out
 
 
+def _search_caps(encoder: str, max_epochs: int, max_steps: int) -> list[str]:
+    """`search.max_epochs` / `max_steps` as caps on the encoder's own recipe, as overrides its `settings` can still change.
+
+    A cap never lengthens a run: MiniLM's fine-tune is one epoch with a cosine schedule over it, and a cap of 100
+    (CSN's "until early stopping" for the from-scratch encoders) must not stretch that schedule over 100 epochs.
+    """
+    from fnbody.search.train import default_config  # at stage run time: building the stage list stays torch-free
+
+    own = default_config(encoder).train
+    out = []
+    if max_epochs:
+        out.append(f"train.max_epochs={min(max_epochs, own.max_epochs) if own.max_epochs else max_epochs}")
+    if max_steps:
+        out.append(f"train.max_steps={min(max_steps, own.max_steps) if own.max_steps else max_steps}")
+    return out
+
+
 def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
     """Every stage of the pipeline for `cfg`, writing under `out`, in run order."""
     corpus = out / "corpus"
@@ -70,8 +87,9 @@ def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
             f"search-{enc}", {**to_dict(s), "encoders": [enc], "settings": _for_encoder(s.settings, enc), "seed": cfg.seed, "device": dev},
             lambda resume, enc=enc, run=run: [
                 fnbody_cmd("train", "search", "--corpus", corpus, "--encoder", enc, "--out", run, "--device", dev,
-                           *_caps(max_epochs=s.max_epochs, max_steps=s.max_steps, max_samples=s.max_samples),
-                           *_sets([f"train.seed={cfg.seed}", *_for_encoder(s.settings, enc)]), *(["--resume"] if resume else [])),
+                           *_caps(max_samples=s.max_samples),
+                           *_sets([f"train.seed={cfg.seed}", *_search_caps(enc, s.max_epochs, s.max_steps), *_for_encoder(s.settings, enc)]),
+                           *(["--resume"] if resume else [])),
                 task_cmd("evaluate_search_run", run=str(run), corpus=str(corpus), out=str(run / "eval.json")),
             ],
             outputs=[run / "eval.json"], deps=["corpus"], workdir=run, env=SMALL_MODEL_ENV,
