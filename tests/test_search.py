@@ -308,3 +308,13 @@ def test_pair_dataset_batches_and_groups():
     assert b["query"].tolist() == [[5, 0], [3, 4]] and b["code"].tolist() == [[6, 0, 0], [7, 8, 9]]
     assert data.group[0] == data.group[2] and data.group[0] != data.group[1]
     assert data.rows([3])["query"].tolist() == [[1]]  # an empty query becomes one <unk>
+
+
+def test_set_overrides_win_over_flags_as_in_train_lm(tiny_corpus, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "search", "--corpus", str(tiny_corpus), "--encoder", "nbow", "--out", str(run), "--max-epochs", "6",
+                 "--set", "train.max_epochs=1", *TINY]) == 0
+    cfg = json.loads((run / "fnbody.json").read_text())["config"]
+    assert cfg["train"]["max_epochs"] == 1
+    epochs = [json.loads(line).get("epoch", 0) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert max(epochs) <= 1.0

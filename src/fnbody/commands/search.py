@@ -73,10 +73,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from fnbody.search.train import config_with_overrides, train_search
 
     check_corpus(args.corpus)
-    overrides = list(args.set)
+    # Defaults, then flags, then --set overrides (as `train lm` and `train char-rnn` order them).
+    overrides = []
     for flag, key in ((args.loss, "model.loss"), (args.finetune or None, "finetune"), (args.pretrained, "model.pretrained"), (args.max_steps, "train.max_steps"), (args.max_epochs, "train.max_epochs"), (args.device, "train.device")):
         if flag is not None:
             overrides.append(f"{key}={json.dumps(flag)}")
+    overrides += args.set
     cfg = config_with_overrides(args.encoder, overrides)
     result = train_search(args.corpus, args.out, cfg, resume=args.resume, max_samples=args.max_samples, argv=sys.argv)
     best = result["best"]
