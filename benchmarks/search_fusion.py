@@ -27,8 +27,6 @@ import time
 
 import numpy as np
 
-WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -52,9 +50,9 @@ def main() -> int:
     from fnbody.corpus.io import read_split
     from fnbody.io import read_jsonl
     from fnbody.search.embed import Embedder
-    from fnbody.search.evaluate import score_lexical
-    from fnbody.search.lexical import IDF, fuse, pair_scores
-    from fnbody.search.metrics import CSN_EVAL_BATCH, batched_mrr, reciprocal_ranks
+    from fnbody.search.evaluate import choose_fusion_weight, score_lexical
+    from fnbody.search.lexical import IDF, pair_scores
+    from fnbody.search.metrics import CSN_EVAL_BATCH, batched_mrr
 
     t0 = time.perf_counter()
     emb = Embedder.load(args.run, args.device)
@@ -77,8 +75,7 @@ def main() -> int:
     # Fusion weight on valid only.
     dense_v = q_valid @ code_valid.T
     lex_v = pair_scores([r["docstring_tokens"] for r in valid], [r["code_tokens"] for r in valid], idf)
-    grid = [(float(reciprocal_ranks(fuse(dense_v, lex_v, w)).mean()), w) for w in WEIGHTS]
-    valid_mrr, w = max(grid)
+    w, grid = choose_fusion_weight(dense_v, lex_v)  # the same choice as `fnbody eval search --hybrid auto`
 
     # Test: the same CSN batches for all three rankers (fnbody eval search --hybrid W runs the same code).
     data = f"{args.corpus.rstrip('/').split('/')[-1]}/test"
@@ -87,7 +84,7 @@ def main() -> int:
     mrr = {"dense": dense_mrr, "bm25": lex["mrr"], "fusion": fused["mrr"]}
     base = mrr["dense"]
     sig = f"MRR|protocol:csn1000|n:{n}|data:{data}|model:{emb.cfg.encoder}|fp:{emb.fingerprint[:12]}"
-    print(f"valid (first {len(valid)} pairs, whole pool) fusion weight grid: " + ", ".join(f"{w_:g}:{m:.4f}" for m, w_ in sorted(grid, key=lambda g: g[1])))
+    print(f"valid (first {len(valid)} pairs, whole pool) fusion weight grid: " + ", ".join(f"{w_:g}:{m:.4f}" for w_, m in grid.items()))
     print(f"dense {emb.cfg.encoder}: test MRR {base:.4f}  (baseline)  {sig}")
     print(f"bm25 (no training):     test MRR {mrr['bm25']:.4f}  = {mrr['bm25'] / base:.2f}x the dense run")
     print(f"fusion, w={w:g} (valid): test MRR {mrr['fusion']:.4f}  = {mrr['fusion'] / base:.3f}x the dense run")

@@ -45,6 +45,10 @@ def test_report_has_every_section_with_real_numbers(tiny_run):
         assert 0 < main_score["mrr"] <= 1 and "MRR|" in main_score["signature"]
         # The 250 real CSN rows live in the shared/ folder beside the repo; without it the report has no such row.
         assert (ev["csn_sample_pool"]["n"] == 250) if CSN_SAMPLE.is_dir() else ("csn_sample_pool" not in ev)
+        # search.bm25_fusion (default on): BM25 alone and the fusion, its weight chosen on valid, on the same queries
+        assert ev["fusion"]["n"] == ev["bm25"]["n"] == main_score["n"] and ev["fusion"]["weight"] == ev["fusion_weight"]["weight"]
+        assert 0 < ev["fusion"]["mrr"] <= 1 and "(valid:" in ev["fusion"]["signature"]
+    assert rep["search_bm25"]["mrr"] == rep["search"]["nbow"]["bm25"]["mrr"]
     assert _is_number(rep["char_rnn"]["final"]["valid_loss"])
     assert set(rep["generation"]) == {"char-rnn", "gpt2-scratch"}
     for summary in rep["generation"].values():
@@ -75,6 +79,7 @@ def test_report_has_every_section_with_real_numbers(tiny_run):
                     "## Beyond the report"):
         assert heading in md
     assert "NBoW encoder fused with BM25, weight 0.3" in md and "paired bootstrap over the test rows: p = " in md
+    assert "| BM25 alone (no training) |" in md and "fused with BM25 (weight from valid)" in md
     # lms.0.rag: the generator was fine-tuned with context from the same index the augment stage retrieves from
     assert beyond["trained_with_context"] is True and "(fine-tuned with retrieved context)" in md
     lm_cfg = json.loads((out / "lm" / "gpt2-scratch" / "fnbody.json").read_text())["config"]["data"]

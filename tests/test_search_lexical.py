@@ -178,3 +178,30 @@ def test_eval_search_hybrid_three_mrrs(run_and_corpus, tmp_path, capsys):
     assert main(["eval", "search", str(run), "--corpus", str(big), "--no-csn-sample", "--hybrid", "0.5"]) == 0
     text = capsys.readouterr().out
     assert "BM25 alone" in text and "w=0.5" in text
+
+
+def test_choose_fusion_weight_known_cases():
+    from fnbody.search.evaluate import FUSION_GRID, choose_fusion_weight
+
+    eye = np.eye(6)
+    noise = np.random.default_rng(0).normal(size=(6, 6))
+    # Dense already perfect, lexical noise: every weight that keeps dense's order ties at MRR 1; the smallest (0) wins.
+    w, grid = choose_fusion_weight(eye * 10, noise)
+    assert w == 0.0 and grid[0.0] == 1.0 and set(grid) == set(FUSION_GRID)
+    # Dense useless (a constant row: no order), lexical perfect: any w > 0 ranks right; the smallest such weight wins.
+    w, grid = choose_fusion_weight(np.ones((6, 6)), eye)
+    assert w == 0.05 and grid[0.05] == 1.0 and grid[0.0] < 1.0
+
+
+def test_eval_search_hybrid_auto_picks_the_weight_on_valid(run_and_corpus, capsys):
+    run, corpus = run_and_corpus
+    assert main(["eval", "search", str(run), "--corpus", str(corpus), "--no-csn-sample", "--hybrid", "auto", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    fw = out["fusion_weight"]
+    assert fw["n"] == 12 and fw["weight"] == out["fusion"]["weight"]
+    assert fw["grid"][f"{fw['weight']:g}"] == max(fw["grid"].values())
+    assert out["fusion"]["signature"].endswith(f"|fusion:z+w{fw['weight']:g}(valid:12)")
+    assert main(["eval", "search", str(run), "--corpus", str(corpus), "--no-csn-sample", "--hybrid", "auto"]) == 0
+    assert "chosen on 12 valid pairs" in capsys.readouterr().out
+    assert main(["eval", "search", str(run), "--corpus", str(corpus), "--no-csn-sample", "--hybrid", "lots"]) == 2
+    assert "'auto'" in capsys.readouterr().err

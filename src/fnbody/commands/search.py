@@ -40,8 +40,9 @@ def register(sub, groups) -> None:
     p.add_argument("--max-samples", type=int, help="score at most this many test functions")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--hybrid", type=float, default=0.0, metavar="W",
-                   help="also score BM25 alone (IDF from the train split) and z(dense) + W * z(BM25) on the same protocol (e.g. 0.3)")
+    p.add_argument("--hybrid", default="0", metavar="W|auto",
+                   help="also score BM25 alone (IDF from the train split) and z(dense) + W * z(BM25) on the same protocol (e.g. 0.3); "
+                        "'auto': W chosen on the first 1000 valid pairs")
     p.set_defaults(func=cmd_eval)
 
     p = groups["search"].add_parser("index", help="embed a corpus's functions into a search index")

@@ -33,6 +33,7 @@ class SearchStage:
     max_steps: int = field(default=0, metadata={"help": "step cap (0 = none; settings override it)"})
     max_samples: int = field(default=0, metadata={"help": "training functions cap (0 = all)"})
     settings: list[str] = field(default_factory=list, metadata={"help": "extra --set overrides: `key=v` for every encoder, `rnn:key=v` for one"})
+    bm25_fusion: bool = field(default=True, metadata={"help": "also score BM25 alone and each encoder fused with BM25 (weight chosen on valid)"})
 
 
 @dataclass

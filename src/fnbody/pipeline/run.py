@@ -90,7 +90,8 @@ def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
                            *_caps(max_samples=s.max_samples),
                            *_sets([f"train.seed={cfg.seed}", *_search_caps(enc, s.max_epochs, s.max_steps), *_for_encoder(s.settings, enc)]),
                            *(["--resume"] if resume else [])),
-                task_cmd("evaluate_search_run", run=str(run), corpus=str(corpus), out=str(run / "eval.json")),
+                task_cmd("evaluate_search_run", run=str(run), corpus=str(corpus), out=str(run / "eval.json"),
+                         hybrid="auto" if s.bm25_fusion else 0.0),
             ],
             outputs=[run / "eval.json"], deps=["corpus"], workdir=run, env=SMALL_MODEL_ENV,
         ))

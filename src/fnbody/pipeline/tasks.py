@@ -186,11 +186,14 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
     return summary
 
 
-def evaluate_search_run(run: str, corpus: str, out: str, device: str = "cpu", csn_sample: str = "") -> dict:
-    """Score one search run by the CSN protocol (and on the real CSN sample, from `csn_sample` or its default folder) into a JSON file."""
+def evaluate_search_run(run: str, corpus: str, out: str, device: str = "cpu", csn_sample: str = "", hybrid: float | str = 0.0) -> dict:
+    """Score one search run by the CSN protocol (and on the real CSN sample, from `csn_sample` or its default folder) into a JSON file.
+
+    `hybrid`: also BM25 alone and dense + BM25 fused, at this weight or, with "auto", the one chosen on valid.
+    """
     from fnbody.search.evaluate import CSN_SAMPLE, evaluate_search
 
-    result = evaluate_search(run, corpus, device=device, csn_sample=csn_sample or CSN_SAMPLE)
+    result = evaluate_search(run, corpus, device=device, csn_sample=csn_sample or CSN_SAMPLE, hybrid=hybrid)
     write_json(out, result)
     return result
 

@@ -1,7 +1,8 @@
 """`fnbody eval search`: CSN-protocol test MRR on a corpus, plus whole-pool MRR on the shipped real CSN rows.
 
 With `hybrid=w`, the test split is also ranked by BM25 alone (IDF from the corpus's train split) and by the fusion
-z(dense) + w * z(BM25), on the same protocol and batches as the dense MRR.
+z(dense) + w * z(BM25), on the same protocol and batches as the dense MRR. With `hybrid="auto"`, w is the weight of
+FUSION_GRID that ranks the first 1000 valid pairs best (never chosen on test).
 """
 
 from __future__ import annotations
@@ -16,6 +17,18 @@ from fnbody.search.lexical import IDF, check_weight
 from fnbody.search.metrics import CSN_EVAL_BATCH, batched_mrr, mean_reciprocal_rank, reciprocal_ranks
 
 CSN_SAMPLE = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "csn-python-sample"
+FUSION_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)  # BM25 weights tried on valid by hybrid="auto"
+
+
+def choose_fusion_weight(dense: np.ndarray, lexical: np.ndarray, weights: tuple[float, ...] = FUSION_GRID) -> tuple[float, dict[float, float]]:
+    """The weight w whose fusion z(dense) + w * z(lexical) gives the highest MRR (ties: the smaller w), and every MRR.
+
+    `dense` and `lexical` are (N, N) scores of N queries against their N true codes (diagonal), e.g. valid pairs.
+    """
+    from fnbody.search.lexical import fuse
+
+    grid = {w: float(reciprocal_ranks(fuse(dense, lexical, w)).mean()) for w in weights}
+    return max(grid, key=lambda w: (grid[w], -w)), grid
 
 
 def signature(protocol: str, n: int, data: str, emb: Embedder) -> str:
@@ -78,15 +91,23 @@ def read_csn_rows(folder: str | Path) -> list[dict]:
 
 
 def evaluate_search(run_dir: str | Path, corpus: str | Path, *, csn_sample: str | Path | None = CSN_SAMPLE,
-                    max_samples: int | None = None, device: str = "cpu", hybrid: float = 0.0) -> dict:
+                    max_samples: int | None = None, device: str = "cpu", hybrid: float | str = 0.0) -> dict:
     """Test MRR by the CSN protocol (or a labelled whole-pool MRR when the test split has < 1000 functions).
 
     `hybrid` w > 0: also `bm25` and `fusion` (z(dense) + w * z(BM25)) MRRs of the same queries, IDF from the train split.
+    `hybrid="auto"`: the same, with w chosen on the first 1000 valid pairs (`fusion_weight` records the grid).
     """
     from fnbody.corpus.io import iter_split, read_split
     from fnbody.progress import progress
 
-    check_weight(hybrid)
+    auto = hybrid == "auto"
+    if not auto:
+        if isinstance(hybrid, str):
+            try:
+                hybrid = float(hybrid)
+            except ValueError:
+                raise FnbodyError(f"hybrid must be a weight >= 0 or 'auto', got {hybrid!r}") from None
+        check_weight(hybrid)
     emb = Embedder.load(run_dir, device)
     test = read_split(corpus, "test", max_samples)
     if len(test) < 2:
@@ -103,14 +124,32 @@ def evaluate_search(run_dir: str | Path, corpus: str | Path, *, csn_sample: str 
         result["note"] = (f"test split has {len(test)} < {CSN_EVAL_BATCH} functions: the CSN protocol (1 true + 999 distractors) "
                           f"cannot be applied; the whole-pool MRR below ranks against {len(test) - 1} distractors and is not comparable")
         result["test_pool"] = score_records(emb, test, "pool", data, vectors)
-    if hybrid > 0:
+    if auto or hybrid > 0:
         train = progress((r.get("code_tokens") or [] for r in iter_split(corpus, "train")), desc="BM25 IDF (train split)", unit="fn")
-        result["bm25"], result["fusion"] = score_lexical(emb, test, protocol, data, vectors, IDF.from_documents(train), hybrid,
-                                                         f"{Path(corpus).name}/train")
+        idf = IDF.from_documents(train)
+        if auto:
+            hybrid, result["fusion_weight"] = _weight_on_valid(emb, corpus, idf)
+        result["bm25"], result["fusion"] = score_lexical(emb, test, protocol, data, vectors, idf, hybrid, f"{Path(corpus).name}/train")
+        if auto:
+            result["fusion"]["signature"] += f"(valid:{result['fusion_weight']['n']})"
     if csn_sample is not None and Path(csn_sample).is_dir():
         rows = read_csn_rows(csn_sample)
         result["csn_sample_pool"] = score_records(emb, rows, "pool", f"csn-python-sample({len(rows)} real CSN rows)")
     return result
+
+
+def _weight_on_valid(emb: Embedder, corpus: str | Path, idf: IDF) -> tuple[float, dict]:
+    """hybrid="auto": the FUSION_GRID weight that ranks the first 1000 valid pairs (whole pool) best."""
+    from fnbody.corpus.io import read_split
+    from fnbody.search.lexical import pair_scores
+
+    valid = read_split(corpus, "valid", CSN_EVAL_BATCH)
+    if len(valid) < 2:
+        raise FnbodyError(f"{corpus}: hybrid 'auto' chooses the BM25 weight on the valid split, which has {len(valid)} functions")
+    q, c = embed_records(emb, valid)
+    lex = pair_scores([r.get("docstring_tokens") or [] for r in valid], [r.get("code_tokens") or [] for r in valid], idf)
+    weight, grid = choose_fusion_weight(q @ c.T, lex)
+    return weight, {"weight": weight, "n": len(valid), "grid": {f"{w:g}": m for w, m in grid.items()}}
 
 
 def format_result(result: dict) -> str:
@@ -126,7 +165,8 @@ def format_result(result: dict) -> str:
     else:
         lines.append(f"  CSN protocol: not available. {result['note']}")
         lines.append(line("test, whole pool (NOT CSN protocol)", result["test_pool"]))
-    for key, label in (("bm25", "  BM25 alone (no training)"), ("fusion", f"  dense + BM25 fusion, w={result.get('fusion', {}).get('weight', 0):g}")):
+    chosen = f" (chosen on {result['fusion_weight']['n']} valid pairs)" if result.get("fusion_weight") else ""
+    for key, label in (("bm25", "  BM25 alone (no training)"), ("fusion", f"  dense + BM25 fusion, w={result.get('fusion', {}).get('weight', 0):g}{chosen}")):
         if result.get(key):  # indented under the dense line: the same queries and batches
             lines.append(line(label, result[key]))
     if result.get("csn_sample_pool"):
