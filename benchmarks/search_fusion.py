@@ -50,13 +50,13 @@ def main() -> int:
     from fnbody.corpus.io import read_split
     from fnbody.io import read_jsonl
     from fnbody.search.embed import Embedder
-    from fnbody.search.evaluate import choose_fusion_weight, score_lexical
-    from fnbody.search.lexical import IDF, pair_scores
+    from fnbody.search.evaluate import fusion_weight_on_valid, score_lexical
+    from fnbody.search.lexical import IDF
     from fnbody.search.metrics import CSN_EVAL_BATCH, batched_mrr
 
     t0 = time.perf_counter()
     emb = Embedder.load(args.run, args.device)
-    test, valid, train = read_split(args.corpus, "test"), read_split(args.corpus, "valid", args.valid_n), read_split(args.corpus, "train")
+    test, train = read_split(args.corpus, "test"), read_split(args.corpus, "train")
     if len(test) < CSN_EVAL_BATCH:
         sys.exit(f"{args.corpus}: the CSN protocol needs >= {CSN_EVAL_BATCH} test pairs, found {len(test)}")
     if args.test_index:
@@ -67,15 +67,11 @@ def main() -> int:
     else:
         code_test = emb.embed_code_tokens([r["code_tokens"] for r in test])
     q_test = emb.embed_query_tokens([r["docstring_tokens"] for r in test])
-    q_valid = emb.embed_query_tokens([r["docstring_tokens"] for r in valid])
-    code_valid = emb.embed_code_tokens([r["code_tokens"] for r in valid])
     idf = IDF.from_documents(r["code_tokens"] for r in train)
+    # Fusion weight on valid only: the same choice as `fnbody eval search --hybrid auto`.
+    chosen = fusion_weight_on_valid(emb, args.corpus, idf, args.valid_n)
+    w = chosen["weight"]
     print(f"embedded and indexed in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-
-    # Fusion weight on valid only.
-    dense_v = q_valid @ code_valid.T
-    lex_v = pair_scores([r["docstring_tokens"] for r in valid], [r["code_tokens"] for r in valid], idf)
-    w, grid = choose_fusion_weight(dense_v, lex_v)  # the same choice as `fnbody eval search --hybrid auto`
 
     # Test: the same CSN batches for all three rankers (fnbody eval search --hybrid W runs the same code).
     data = f"{args.corpus.rstrip('/').split('/')[-1]}/test"
@@ -84,7 +80,7 @@ def main() -> int:
     mrr = {"dense": dense_mrr, "bm25": lex["mrr"], "fusion": fused["mrr"]}
     base = mrr["dense"]
     sig = f"MRR|protocol:csn1000|n:{n}|data:{data}|model:{emb.cfg.encoder}|fp:{emb.fingerprint[:12]}"
-    print(f"valid (first {len(valid)} pairs, whole pool) fusion weight grid: " + ", ".join(f"{w_:g}:{m:.4f}" for w_, m in grid.items()))
+    print(f"valid (first {chosen['n']} pairs, whole pool) fusion weight grid: " + ", ".join(f"{w_}:{m:.4f}" for w_, m in chosen["grid"].items()))
     print(f"dense {emb.cfg.encoder}: test MRR {base:.4f}  (baseline)  {sig}")
     print(f"bm25 (no training):     test MRR {mrr['bm25']:.4f}  = {mrr['bm25'] / base:.2f}x the dense run")
     print(f"fusion, w={w:g} (valid): test MRR {mrr['fusion']:.4f}  = {mrr['fusion'] / base:.3f}x the dense run")

@@ -128,29 +128,30 @@ def evaluate_search(run_dir: str | Path, corpus: str | Path, *, csn_sample: str 
     if auto or hybrid > 0:
         train = progress((r.get("code_tokens") or [] for r in iter_split(corpus, "train")), desc="BM25 IDF (train split)", unit="fn")
         idf = IDF.from_documents(train)
-        if auto:
-            hybrid, result["fusion_weight"] = _weight_on_valid(emb, corpus, idf)
-        result["bm25"], result["fusion"] = score_lexical(emb, test, protocol, data, vectors, idf, hybrid, f"{Path(corpus).name}/train")
-        if auto:
-            result["fusion"]["signature"] += f"(valid:{result['fusion_weight']['n']})"
+        chosen = fusion_weight_on_valid(emb, corpus, idf) if auto else None
+        result["bm25"], result["fusion"] = score_lexical(emb, test, protocol, data, vectors, idf, chosen["weight"] if chosen else hybrid,
+                                                         f"{Path(corpus).name}/train")
+        if chosen:
+            result["fusion_weight"] = chosen
+            result["fusion"]["signature"] += f"(valid:{chosen['n']})"
     if csn_sample is not None and Path(csn_sample).is_dir():
         rows = read_csn_rows(csn_sample)
         result["csn_sample_pool"] = score_records(emb, rows, "pool", f"csn-python-sample({len(rows)} real CSN rows)")
     return result
 
 
-def _weight_on_valid(emb: Embedder, corpus: str | Path, idf: IDF) -> tuple[float, dict]:
-    """hybrid="auto": the FUSION_GRID weight that ranks the first 1000 valid pairs (whole pool) best."""
+def fusion_weight_on_valid(emb: Embedder, corpus: str | Path, idf: IDF, n: int = CSN_EVAL_BATCH) -> dict:
+    """hybrid="auto": the FUSION_GRID weight that ranks the first `n` valid pairs (whole pool) best, with n and every MRR."""
     from fnbody.corpus.io import read_split
     from fnbody.search.lexical import pair_scores
 
-    valid = read_split(corpus, "valid", CSN_EVAL_BATCH)
+    valid = read_split(corpus, "valid", n)
     if len(valid) < 2:
         raise FnbodyError(f"{corpus}: hybrid 'auto' chooses the BM25 weight on the valid split, which has {len(valid)} functions")
     q, c = embed_records(emb, valid)
     lex = pair_scores([r.get("docstring_tokens") or [] for r in valid], [r.get("code_tokens") or [] for r in valid], idf)
     weight, grid = choose_fusion_weight(q @ c.T, lex)
-    return weight, {"weight": weight, "n": len(valid), "grid": {f"{w:g}": m for w, m in grid.items()}}
+    return {"weight": weight, "n": len(valid), "grid": {f"{w:g}": m for w, m in grid.items()}}
 
 
 def format_result(result: dict) -> str:
