@@ -1,6 +1,8 @@
 """Shared test settings: quiet progress bars, deterministic threads, the shared data folder."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,17 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+
+def torchrun(args: list, tmp_path: Path, nproc: int = 2, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
+    """`python -m torch.distributed.run --standalone` with `nproc` processes on `args`, output captured.
+
+    TMPDIR is `tmp_path`, so torchelastic's per-run log folders (`torchelastic_*`) are removed with the test's own files
+    instead of piling up in /tmp.
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path), **env})
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import torchrun
 
 SCRIPT = textwrap.dedent('''
     import sys
@@ -27,8 +28,7 @@ def test_ddp_gloo_two_processes_match_one(tiny_corpus, tmp_path):
     script = tmp_path / "ddp_lm.py"
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
     env = {**__import__("os").environ, "FNBODY_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tiny_corpus), str(tmp_path / "ddp")]
-    p = subprocess.run(ddp, capture_output=True, text=True, timeout=300, env=env)
+    p = torchrun([script, tiny_corpus, tmp_path / "ddp"], tmp_path, FNBODY_CACHE=env["FNBODY_CACHE"])
     assert p.returncode == 0, p.stderr[-3000:]
     p = subprocess.run([sys.executable, str(script), str(tiny_corpus), str(tmp_path / "single")], capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0, p.stderr[-3000:]

@@ -12,6 +12,7 @@ import torch
 
 from fnbody.train.checkpoint import load_checkpoint
 from fnbody.train.loop import Trainer, TrainConfig, make_optimizer, read_metrics
+from conftest import torchrun
 from test_train_loop import StopAt
 from test_train_loop import train_losses as losses
 
@@ -85,18 +86,20 @@ TRAINER_SCRIPT = textwrap.dedent('''
 ''')
 
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-
-
 def run(cmd, **env):
     p = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+
+
+def run_torchrun(args, tmp_path, **env):
+    p = torchrun(args, tmp_path, **env)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
 
 
 def test_fsdp_trainer_matches_one_process_resumes_exactly_and_loads_alone(tmp_path):
     script = tmp_path / "fsdp_train.py"
     script.write_text(TRAINER_SCRIPT.format(tests=TESTS))
-    run([*TORCHRUN, script, tmp_path])
+    run_torchrun([script, tmp_path], tmp_path)
     torch.set_num_threads(1)
     single = gpt2_trainer(tmp_path / "single", gpt2_config())
     assert not single.fsdp  # one process: parallel=fsdp is a no-op
@@ -149,7 +152,7 @@ def test_fsdp_lm_command_matches_one_process_and_exports_full_weights(tiny_corpu
     script = tmp_path / "fsdp_lm.py"
     script.write_text(LM_SCRIPT.format(tests=TESTS))
     cache = str(tmp_path / "cache")
-    run([*TORCHRUN, script, tiny_corpus, tmp_path / "fsdp"], FNBODY_CACHE=cache)
+    run_torchrun([script, tiny_corpus, tmp_path / "fsdp"], tmp_path, FNBODY_CACHE=cache)
     run([sys.executable, script, tiny_corpus, tmp_path / "single"], FNBODY_CACHE=cache)
     a, b = losses(tmp_path / "single"), losses(tmp_path / "fsdp")
     assert len(a) == len(b) >= 10

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fnbody.train.loop import Callback, Trainer, TrainConfig, TrainingInterrupted, lr_at, read_metrics
+from conftest import torchrun
 
 
 class TinyRegressor(torch.nn.Module):
@@ -149,8 +150,8 @@ def test_ddp_gloo_two_processes_match_one(tmp_path):
     tests_dir = str(__import__("pathlib").Path(__file__).parent)
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT.format(tests=tests_dir))
-    env_cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "ddp")]
-    subprocess.run(env_cmd, check=True, capture_output=True, timeout=120)
+    p = torchrun([script, tmp_path / "ddp"], tmp_path, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
     subprocess.run([sys.executable, str(script), str(tmp_path / "single")], check=True, capture_output=True, timeout=120)
     a, b = train_losses(tmp_path / "single"), train_losses(tmp_path / "ddp")
     assert len(a) == len(b) == 12
