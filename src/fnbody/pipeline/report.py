@@ -83,6 +83,7 @@ def _search_section(out: Path, rep: dict, md: list[str]) -> None:
     rep["search"] = {}
     sigs = []
     bm25 = None
+    chosen_on = "pairs"  # what hybrid="auto" recorded: how many valid pairs, ranked how
     for run in runs:
         enc = run.name
         ev = read_json(run / "eval.json")
@@ -93,6 +94,8 @@ def _search_section(out: Path, rep: dict, md: list[str]) -> None:
         rep["search"][enc] = ev
         protocol = "CSN 1-vs-999" if ev.get("csn_protocol") else f"whole pool ({main.get('n')} functions; not the CSN protocol)"
         fused_cell = f"{_fmt(fused['mrr'])} (w {fused['weight']:g})" if fused else "—"
+        if fw := ev.get("fusion_weight"):
+            chosen_on = f"{fw['n']} pairs" + (" (CSN batches of 1000)" if fw.get("protocol") == "csn1000" else " (one pool)")
         md.append(f"| {enc} | {_fmt(main.get('mrr'))} | {fused_cell} | {protocol} | {main.get('n')} | {_fmt(sample.get('mrr'))} | "
                   f"{_fmt(REPORT_MRR.get(enc))} | {_fmt(CSN_PAPER_MRR.get(enc))} |")
         sigs += [s for s in (main.get("signature"), fused.get("signature"), sample.get("signature")) if s]
@@ -102,7 +105,7 @@ def _search_section(out: Path, rep: dict, md: list[str]) -> None:
         sigs.append(bm25["signature"])
         rep["search_bm25"] = bm25
     md.append("\nThe corpora differ from CodeSearchNet's, so the MRR columns compare protocols, not data. Fused: z(dense) + w z(BM25) per "
-              "query, w the grid weight that ranks the valid split's first (up to) 1000 pairs best.\n")
+              f"query, w the grid weight that ranks the valid split's first {chosen_on} best.\n")
     md += [f"- `{s}`" for s in sigs]
     md.append("")
     for run in runs:
