@@ -20,13 +20,17 @@
 # Knobs: MINILM_VARIANTS ("NAME:BATCH:LR:CODE_LEN:EPOCHS ...", trained side by side), FROZEN=0 (skip the frozen MiniLM), MINILM_S,
 # LM_S, BATCH (generation batch; 512 fits an H100 with room to spare), CHECK_N, COMBINED=false (skip rag+checked), AUG_S (cap of
 # the retrieval/checked evaluation), ZS_DEADLINE=0 (skip the untuned model), RETRIEVER=RUN (phase lm without phase search:
-# index the train split with this search run, e.g. the H100-tuned MiniLM kept from GPU session 4, instead of a quick NBoW).
+# index the train split with this search run, e.g. the H100-tuned MiniLM kept from GPU session 4, instead of a quick NBoW),
+# EVAL_ONLY=1 (phase lm: skip training and re-run the evaluation of the model in $GPU_WORK/lm, keeping its finished parts: for a
+# second call on the same warm machine when the first was cut; pass the same knobs).
 # Measured on one H100 (RESULTS.md "GPU session 4"): phase search with two variants side by side 210 s (140 s of training each);
 # phase lm 257 s to the end of 120 s of training (GGUF conversion, tokenising, retrieving context for half the functions: ~135 s),
 # 87 s for the plain evaluation (500 BLEU rows + 164 HumanEval at batch 512), then ~70 s for retrieval BLEU + HumanEval. The
 # execution-checked HumanEval (N=16: 2,624 samples) did not fit what was left, so a 15-minute budget holds EITHER the search phase
 # and a lean lm phase (LM_S=100, COMBINED=false, CHECK_N=8) OR the lm phase in full: plan start ~35 s, data ~15 s, search ~210 s,
-# lm ~500 s with checking, and call nothing else.
+# lm ~500 s with checking, and call nothing else. With RETRIEVER (no search phase) the plan is: PHASE=lm LM_S=120
+# COMBINED=false ZS_DEADLINE=0 under `timeout 580` (train ~260 s, plain ~90 s, retrieval ~70 s, then checked N=16, estimated
+# ~230 s, may be cut); if it is, at once (the machine stays warm 30 s) the same command with EVAL_ONLY=1 finishes it.
 # Results land in $OUT (default /tmp/gpu_augment_out): log.txt, search.json, lm_metrics.jsonl, eval_summary.json,
 # augment_summary.json, zeroshot.json, lm_curves.png, search_curves.png and outputs.tar.gz (samples and results).
 set -uo pipefail
@@ -177,6 +181,9 @@ fi
 
 if [ "$PHASE" = lm ] || [ "$PHASE" = all ]; then
   [ -f "$GGUF" ] || { say "no SmolLM2 GGUF at $GGUF"; exit 2; }
+  if [ "${EVAL_ONLY:-0}" = 1 ] && [ ! -f "$W/lm/model.safetensors" ]; then
+    say "EVAL_ONLY=1, but no trained model at $W/lm (model.safetensors)"; exit 2
+  fi
   "$PY" -c 'from fnbody.evaluate.execution import sandbox_info; print("sandbox:", sandbox_info())'
   if [ ! -f "$W/index/index.json" ] && [ -n "${RETRIEVER:-}" ]; then  # a search run trained before (e.g. a tuned MiniLM brought home)
     timeout 300 "${FN[@]}" search index "$RETRIEVER" --corpus "$CORPUS" --splits train --out "$W/index" --device "$DEV" --overwrite $BM25_FLAG > "$W/index.log" 2>&1
@@ -188,20 +195,26 @@ if [ "$PHASE" = lm ] || [ "$PHASE" = all ]; then
     say "nbow index: rc $?"
   fi
   T1=$(date +%s)
-  # 1. Fine-tune SmolLM2 with retrieved context on half of the functions.
-  say "lm: fine-tune SmolLM2 ${LM_S}s"
-  timeout $(( LM_S + 420 )) "${FN[@]}" train lm --corpus "$CORPUS" --out "$W/lm" --init "$GGUF" --device "$DEV" $LM_CAP \
-    --block-size "$BLOCK" --batch-size "$LM_BATCH" --lr 2e-4 --max-epochs 1 \
-    --set train.max_seconds="$LM_S" --set train.warmup_steps=30 --set train.log_every=10 --set train.show_progress=false \
-    --set data.rag_index="$W/index" --set data.rag_k=2 --set data.rag_fraction=0.5 --set data.rag_hybrid="$RAG_HYBRID" \
-    --set data.bleu_samples=0 --set data.eval_blocks="$EVAL_BLOCKS" --set data.eval_batch_size=16
-  say "lm: rc $?"
-  cp "$W/lm/metrics.jsonl" "$OUT/lm_metrics.jsonl" 2>/dev/null
-  cp "$(ls "$W"/lm/*.png 2>/dev/null | head -1)" "$OUT/lm_curves.png" 2>/dev/null
+  if [ "${EVAL_ONLY:-0}" = 1 ]; then
+    # A second call on the same warm machine, after the first was cut in the evaluation: no training, and the finished
+    # sample files stay (the tasks keep complete ones and resume .partial ones), so only what is missing is generated.
+    say "lm: EVAL_ONLY=1: evaluating $W/lm again, keeping the finished parts"
+  else
+    # 1. Fine-tune SmolLM2 with retrieved context on half of the functions.
+    say "lm: fine-tune SmolLM2 ${LM_S}s"
+    timeout $(( LM_S + 420 )) "${FN[@]}" train lm --corpus "$CORPUS" --out "$W/lm" --init "$GGUF" --device "$DEV" $LM_CAP \
+      --block-size "$BLOCK" --batch-size "$LM_BATCH" --lr 2e-4 --max-epochs 1 \
+      --set train.max_seconds="$LM_S" --set train.warmup_steps=30 --set train.log_every=10 --set train.show_progress=false \
+      --set data.rag_index="$W/index" --set data.rag_k=2 --set data.rag_fraction=0.5 --set data.rag_hybrid="$RAG_HYBRID" \
+      --set data.bleu_samples=0 --set data.eval_blocks="$EVAL_BLOCKS" --set data.eval_batch_size=16
+    say "lm: rc $?"
+    cp "$W/lm/metrics.jsonl" "$OUT/lm_metrics.jsonl" 2>/dev/null
+    cp "$(ls "$W"/lm/*.png 2>/dev/null | head -1)" "$OUT/lm_curves.png" 2>/dev/null
 
-  # 2. Evaluation: plain, then retrieval / checked / both. The tasks keep finished sample files in their folder, so clear
-  #    what an earlier run of this script left there (another model); rerunning a task by hand afterwards resumes it.
-  rm -rf "$W/eval" "$W/augment"
+    # 2. Evaluation: plain, then retrieval / checked / both. The tasks keep finished sample files in their folder, so clear
+    #    what an earlier run of this script left there (another model); EVAL_ONLY=1 afterwards resumes them.
+    rm -rf "$W/eval" "$W/augment"
+  fi
   EVAL="{\"run\": \"$W/lm\", \"corpus\": \"$CORPUS\", \"out\": \"$W/eval\", \"name\": \"smollm2-rag-ft\", \"bleu_samples\": $BLEU_N, \"humaneval_problems\": $HE_N, \"max_new_tokens\": $NEW, \"batch_size\": $BATCH, \"timeout\": 10.0, \"device\": \"$DEV\", \"require_body\": true}"
   timeout 300 "$PY" -m fnbody.pipeline.tasks evaluate_generator "$EVAL"
   say "eval: rc $? $(tr -d '\n ' < "$W/eval/summary.json" 2>/dev/null | head -c 1200)"
