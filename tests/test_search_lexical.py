@@ -149,6 +149,43 @@ def test_hybrid_needs_an_index_built_with_bm25(run_and_corpus, tmp_path, capsys)
     assert SearchIndex.load(idx).query("merge two dictionaries", k=2, hybrid=0.3)[0]["bm25_score"] > 0
 
 
+def test_index_records_the_valid_fusion_weight_and_queries_default_to_it(run_and_corpus, tmp_path, capsys):
+    from fnbody.corpus.io import read_split
+    from fnbody.search.evaluate import choose_fusion_weight, embed_records
+    from fnbody.search.index import SearchIndex
+    from fnbody.search.lexical import IDF, pair_scores
+
+    run, corpus = run_and_corpus
+    idx = tmp_path / "idx"
+    capsys.readouterr()
+    assert main(["search", "index", str(run), "--corpus", str(corpus), "--out", str(idx), "--splits", "train",
+                 "--hybrid-weight", "auto"]) == 2  # no BM25 channel to fuse with
+    assert "--bm25" in capsys.readouterr().err and not idx.exists()
+    assert main(["search", "index", str(run), "--corpus", str(corpus), "--out", str(idx), "--splits", "train",
+                 "--bm25", "--hybrid-weight", "auto"]) == 0
+    assert "fusion weight" in capsys.readouterr().out
+    index = SearchIndex.load(idx)
+    fw = index.info["fusion_weight"]
+    # The same choice as eval search --hybrid auto, but with the index's own IDF (its rows: the train split here).
+    train, valid = read_split(corpus, "train"), read_split(corpus, "valid")
+    q, c = embed_records(index.embedder, valid)
+    lex = pair_scores([r["docstring_tokens"] for r in valid], [r["code_tokens"] for r in valid],
+                      IDF.from_documents(r["code_tokens"] for r in train))
+    weight, grid = choose_fusion_weight(q @ c.T, lex)
+    assert (fw["weight"], fw["n"], fw["protocol"]) == (weight, len(valid), "pool") and fw["corpus"] == str(corpus)
+    assert fw["grid"] == {f"{w:g}": pytest.approx(m) for w, m in grid.items()}
+    # Queries that name no weight use the recorded one; 0 is still dense only.
+    recorded = fw["weight"]
+    index.info["fusion_weight"] = {**fw, "weight": 0.7}  # a weight that is surely > 0, to tell the paths apart
+    text = "merge two dictionaries"
+    assert index.default_hybrid == 0.7
+    assert index.query(text, k=3) == index.query(text, k=3, hybrid=0.7)
+    assert "bm25_score" not in index.query(text, k=3, hybrid=0)[0]
+    assert main(["search", "query", str(idx), text, "-k", "1"]) == 0
+    out = capsys.readouterr().out  # the CLI loads the index as built: its recorded weight, named when it fuses
+    assert (f"dense + {recorded:g} x BM25" in out) == (recorded > 0) and ("bm25" in out) == (recorded > 0)
+
+
 def test_eval_search_hybrid_three_mrrs(run_and_corpus, tmp_path, capsys):
     from conftest import make_tiny_corpus
 

@@ -329,7 +329,7 @@ def test_search_endpoint(gen):
 
 def test_search_hybrid_weight_reaches_the_index_and_its_errors_are_400(gen):
     class HybridIndex(ListIndex):
-        def query(self, text, k, hybrid=0.0):
+        def query(self, text, k, hybrid=None):  # None: the index's own default (SearchIndex.default_hybrid)
             if hybrid and not self.bm25:
                 raise FnbodyError("index has no BM25 channel; rebuild it with `fnbody search index RUN --corpus DIR --out INDEX --bm25`")
             self.hybrids.append(hybrid)
@@ -340,7 +340,8 @@ def test_search_hybrid_weight_reaches_the_index_and_its_errors_are_400(gen):
     with TestClient(create_app(gen, index, ServeSettings(max_k=10))) as c:
         assert c.post("/v1/search", json={"query": "read a csv file", "k": 1, "hybrid": 0.3}).status_code == 200
         assert c.post("/v1/search", json={"query": "read a csv file", "k": 1}).status_code == 200
-        assert index.hybrids == [0.3, 0.0]
+        assert c.post("/v1/search", json={"query": "read a csv file", "k": 1, "hybrid": 0}).status_code == 200
+        assert index.hybrids == [0.3, None, 0.0]  # omitted: left to the index; 0: dense only, passed on
         assert c.post("/v1/search", json={"query": "x", "hybrid": -1}).status_code == 400
         index.bm25 = False
         r = c.post("/v1/search", json={"query": "x", "hybrid": 0.3})

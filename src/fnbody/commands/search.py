@@ -54,6 +54,8 @@ def register(sub, groups) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an index built with another model")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--bm25", action="store_true", help="also write a BM25 channel (code subtokens) for `search query --hybrid W`")
+    p.add_argument("--hybrid-weight", choices=["auto"], help="with --bm25: choose the BM25 fusion weight on the corpus's valid split "
+                   "(as `eval search --hybrid auto` does) and record it; `search query` and the server then fuse with it by default")
     p.set_defaults(func=cmd_index)
 
     p = groups["search"].add_parser("query", help="rank indexed functions for a natural-language query")
@@ -64,8 +66,9 @@ def register(sub, groups) -> None:
     p.add_argument("--json", action="store_true", help="print the records as JSON")
     p.add_argument("--int8", action="store_true", help="embed the query with an int8 copy of the query encoder (CPU; ~2x faster "
                                                         "for minilm, slightly different ranking; index vectors stay fp32)")
-    p.add_argument("--hybrid", type=float, default=0.0, metavar="W",
-                   help="rank by z(dense) + W * z(BM25) (index built with --bm25; 0.3 was best on valid); default 0: dense only")
+    p.add_argument("--hybrid", type=float, default=None, metavar="W",
+                   help="rank by z(dense) + W * z(BM25) (index built with --bm25); 0: dense only; default: the weight the index "
+                        "recorded (built with --hybrid-weight auto), else dense only")
     p.set_defaults(func=cmd_query)
 
 
@@ -113,19 +116,25 @@ def cmd_index(args: argparse.Namespace) -> int:
     splits = [s for s in args.splits.split(",") if s]
     records = [r for s in splits for r in iter_split(args.corpus, s, args.max_samples)]
     info = build_index(args.run, records, args.out, overwrite=args.overwrite, source=f"{args.corpus}:{','.join(splits)}", device=args.device,
-                       bm25=args.bm25)
+                       bm25=args.bm25, fusion_from=args.corpus if args.hybrid_weight else None)
+    chosen = info.get("fusion_weight")
     print(f"indexed {info['count']} functions ({info['encoder']}, {info['functions_per_s']:.0f} functions/s"
-          f"{', with BM25' if info['bm25'] else ''}) -> {args.out}")
+          f"{', with BM25' if info['bm25'] else ''}) -> {args.out}"
+          + (f"\nfusion weight {chosen['weight']:g} (valid MRR {max(chosen['grid'].values()):.4f} over {chosen['n']} pairs), "
+             "used by queries that name none" if chosen else ""))
     return 0
 
 
 def cmd_query(args: argparse.Namespace) -> int:
     from fnbody.search.index import SearchIndex
 
-    hits = SearchIndex.load(args.index, run=args.run, quantize=args.int8).query(args.text, args.k, hybrid=args.hybrid)
+    index = SearchIndex.load(args.index, run=args.run, quantize=args.int8)
+    hits = index.query(args.text, args.k, hybrid=args.hybrid)
     if args.json:
         print(json.dumps(hits, indent=2, ensure_ascii=False))
         return 0
+    if args.hybrid is None and index.default_hybrid > 0:
+        print(f"dense + {index.default_hybrid:g} x BM25 (the index's weight, chosen on valid; --hybrid 0 for dense only)\n")
     for h in hits:
         parts = f"  (dense {h['dense_score']:.4f}, bm25 {h['bm25_score']:.2f})" if "bm25_score" in h else ""
         print(f"{h['rank']:>3}. {h['score']:.4f}{parts}  {h['repo']}  {h['path']}  {h['func_name']}")

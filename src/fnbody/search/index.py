@@ -9,6 +9,8 @@ second search of a loaded index (a served or reused one), so a one-shot query do
 
 An index built with `bm25=True` (`fnbody search index --bm25`) also holds a BM25 channel (fnbody.search.lexical) over
 the functions' code subtokens; `query(text, k, hybrid=w)` then ranks by z(dense) + w * z(BM25) over every row.
+Built with `fusion_from=CORPUS` (`--hybrid-weight auto`), it also records the w that ranks that corpus's valid pairs best
+(as `fnbody eval search --hybrid auto` chooses it), and queries that name no weight use it.
 
 The index carries its own model copy and fingerprint, so queries are always embedded by the model the
 vectors came from, and an index made by another model (or an incompatible index format) is refused
@@ -80,16 +82,21 @@ def read_index_info(index_dir: str | Path) -> dict:
 
 
 def build_index(model_dir: str | Path, records: Iterable[dict], out_dir: str | Path, *, overwrite: bool = False,
-                source: str = "", device: str = "cpu", batch_size: int = 500, bm25: bool = False) -> dict:
+                source: str = "", device: str = "cpu", batch_size: int = 500, bm25: bool = False,
+                fusion_from: str | Path | None = None) -> dict:
     """Embed `records` with the search run `model_dir` and write an index folder atomically; returns index.json.
 
     `bm25`: also write a BM25 channel over the same functions' code subtokens (IDF from these rows) for hybrid queries.
+    `fusion_from` (with `bm25`): a corpus folder whose valid split chooses the fusion weight that queries default to,
+    scored with this model and the channel's IDF; recorded as index.json's `fusion_weight` (weight, pairs, every MRR).
     """
     from fnbody import __version__
     from fnbody.config import read_run_info, write_run_info
     from fnbody.io import replace_dir
 
     out_dir = Path(out_dir)
+    if fusion_from is not None and not bm25:
+        raise FnbodyError("choosing a fusion weight (--hybrid-weight auto) needs the BM25 channel: add --bm25")
     emb = Embedder.load(model_dir, device)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not (out_dir / INDEX_INFO).exists():
@@ -117,10 +124,16 @@ def build_index(model_dir: str | Path, records: Iterable[dict], out_dir: str | P
     shutil.copyfile(weights_path(model_dir), tmp / MODEL_DIR / WEIGHTS)
     for name in run_files(run_info["config"]["model"]):
         shutil.copyfile(Path(model_dir) / name, tmp / MODEL_DIR / name)
+    chosen = None
     if bm25:
-        from fnbody.search.lexical import BM25Index
+        from fnbody.search.lexical import IDF, BM25Index
 
-        BM25Index.build(token_lists, idf_source=f"indexed rows ({len(rows)})").save(tmp)
+        idf = IDF.from_documents(token_lists)
+        BM25Index.build(token_lists, idf=idf, idf_source=f"indexed rows ({len(rows)})").save(tmp)
+        if fusion_from is not None:
+            from fnbody.search.evaluate import fusion_weight_on_valid
+
+            chosen = {**fusion_weight_on_valid(emb, fusion_from, idf), "corpus": str(fusion_from)}
     info = {
         "format_version": INDEX_FORMAT_VERSION, "fnbody_version": __version__, "run": str(model_dir),
         "model_fingerprint": emb.fingerprint, "encoder": emb.cfg.encoder, "loss": emb.cfg.loss,
@@ -128,6 +141,8 @@ def build_index(model_dir: str | Path, records: Iterable[dict], out_dir: str | P
         "embed_seconds": round(seconds, 3), "functions_per_s": round(len(rows) / max(seconds, 1e-9), 1),
         "bm25": bm25,
     }
+    if chosen:
+        info["fusion_weight"] = chosen
     write_json(tmp / INDEX_INFO, info)
     replace_dir(tmp, out_dir)
     return info
@@ -327,18 +342,26 @@ class SearchIndex:
             self._int8 = Int8Prefilter(self.vectors)
         return self._int8
 
-    def query(self, text: str, k: int = 10, *, hybrid: float = 0.0) -> list[dict]:
+    @property
+    def default_hybrid(self) -> float:
+        """The fusion weight chosen on valid when the index was built (`--hybrid-weight auto`), else 0: dense only."""
+        chosen = self.info.get("fusion_weight")
+        return float(chosen["weight"]) if chosen and self.bm25 is not None else 0.0
+
+    def query(self, text: str, k: int = 10, *, hybrid: float | None = None) -> list[dict]:
         """The `k` best functions for `text`: dicts with rank, score, repo, path, func_name, url, docstring, code, snippet.
 
         `hybrid` w > 0 ranks by z(dense) + w * z(BM25) over all rows (index built with --bm25); hits then also carry
-        `dense_score` and `bm25_score`, and `score` is the fused one.
+        `dense_score` and `bm25_score`, and `score` is the fused one. None: `default_hybrid`; 0: dense only.
         """
         return self.query_many([text], k, hybrid=hybrid)[0]
 
-    def query_many(self, texts: Sequence[str], k: int = 10, *, hybrid: float = 0.0) -> list[list[dict]]:
+    def query_many(self, texts: Sequence[str], k: int = 10, *, hybrid: float | None = None) -> list[list[dict]]:
         """`query` for several texts in one product."""
         if k < 1:
             raise FnbodyError(f"k must be >= 1, got {k}")
+        if hybrid is None:
+            hybrid = self.default_hybrid
         check_hybrid(self, hybrid)
         q = self.embedder.embed_queries(texts)
         if hybrid > 0:

@@ -446,7 +446,7 @@ def create_app(generator: Generator, search_index: SearchIndex | None = None,
                            code="search_disabled")
         if req.k > settings.max_k:
             raise APIError(400, f"k: {req.k} exceeds this server's cap of {settings.max_k}", param="k")
-        extra = {"hybrid": req.hybrid} if req.hybrid else {}  # dense-only requests keep the plain call
+        extra = {"hybrid": req.hybrid} if req.hybrid is not None else {}  # none given: the index's own default
         job = _submit(request.app.state.search_worker, lambda job: search_index.query(req.query, req.k, **extra))
         try:
             results = await asyncio.wait_for(asyncio.shield(job.result), timeout=settings.request_timeout_s)

@@ -39,8 +39,9 @@ class SearchRequest(_Strict):
 
     query: str = Field(min_length=1, description="natural-language description or code")
     k: int = Field(default=5, ge=1, description="how many results")
-    hybrid: float = Field(default=0.0, ge=0.0, le=10.0, description="weight of BM25 in dense + BM25 fusion (0 = dense only; "
-                          "needs an index built with `fnbody search index --bm25`)")
+    hybrid: float | None = Field(default=None, ge=0.0, le=10.0, description="weight of BM25 in dense + BM25 fusion (0 = dense only; "
+                                 "needs an index built with `fnbody search index --bm25`); omitted: the weight the index recorded "
+                                 "(`--hybrid-weight auto`), else dense only")
 
 
 class SearchResponse(BaseModel):
