@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -164,6 +165,12 @@ def test_index_records_the_valid_fusion_weight_and_queries_default_to_it(run_and
     assert main(["search", "index", str(run), "--corpus", str(corpus), "--out", str(idx), "--splits", "train",
                  "--bm25", "--hybrid-weight", "auto"]) == 0
     assert "fusion weight" in capsys.readouterr().out
+    no_valid = tmp_path / "no_valid"
+    shutil.copytree(corpus, no_valid)
+    shutil.rmtree(no_valid / "valid")
+    assert main(["search", "index", str(run), "--corpus", str(no_valid), "--out", str(tmp_path / "idx2"), "--splits", "train",
+                 "--bm25", "--hybrid-weight", "auto"]) == 2
+    assert "no 'valid' split" in capsys.readouterr().err and not (tmp_path / "idx2").exists()
     index = SearchIndex.load(idx)
     fw = index.info["fusion_weight"]
     # The same choice as eval search --hybrid auto, but with the index's own IDF (its rows: the train split here).

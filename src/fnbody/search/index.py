@@ -97,6 +97,10 @@ def build_index(model_dir: str | Path, records: Iterable[dict], out_dir: str | P
     out_dir = Path(out_dir)
     if fusion_from is not None and not bm25:
         raise FnbodyError("choosing a fusion weight (--hybrid-weight auto) needs the BM25 channel: add --bm25")
+    if fusion_from is not None:
+        from fnbody.corpus.io import split_files
+
+        split_files(fusion_from, "valid")  # no valid split: say so before the embedding, not after
     emb = Embedder.load(model_dir, device)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not (out_dir / INDEX_INFO).exists():
