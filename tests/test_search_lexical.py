@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fnbody.cli import main
 from fnbody.errors import FnbodyError
@@ -129,6 +131,43 @@ def test_hybrid_index_queries(run_and_corpus, tmp_path, capsys):
     assert hit["func_name"] == "fibonacci_zebra_stripes" and {"dense_score", "bm25_score", "score"} <= set(hit)
     assert main(["search", "query", str(tmp_path / "idx"), "fibonacci zebra", "-k", "1", "--hybrid", "1"]) == 0
     assert "bm25" in capsys.readouterr().out
+
+
+def test_hybrid_top_k_without_a_full_scan_equals_the_full_fusion():
+    """search_hybrid scores only the dense top k and the BM25-matched rows; its top k must be the full fusion's."""
+    from fnbody.search.index import SearchIndex
+
+    rng = np.random.default_rng(0)
+    n, dim = 3000, 24
+    vectors = rng.normal(size=(n, dim)).astype(np.float32) + 0.3  # off-centre, as real embeddings are
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    words = [f"w{i}" for i in range(400)]
+    docs = [list(rng.choice(words, size=rng.integers(3, 12))) for _ in range(n)]
+    docs = [d + ["common"] if i % 3 else d for i, d in enumerate(docs)]  # "common": two rows in three (the full-product branch)
+    index = SearchIndex(Path("mem"), {}, vectors, [{"i": i} for i in range(n)], None, BM25Index.build(docs))
+    queries = [["w7"], ["w3", "w250"], ["common", "w9"], ["nowhere"], ["w1", "w2", "w3", "w4"]]
+    q = rng.normal(size=(len(queries), dim)).astype(np.float32)
+    index.prefilter_min_rows = 0  # the int8 path, from the second search on, as on a large served index
+    for w in (0.3, 1.0, 5.0, 0.3):  # the first call scans every row in fp32; later ones bound by the int8 scores
+        got = index.search_hybrid(q, queries, 10, w)
+        for qi, toks, hits in zip(q, queries, got):
+            full = fuse(vectors @ qi, index.bm25.scores(toks), w)  # every row, as the old scan ranked them
+            want = np.argsort(-full, kind="stable")[:10]
+            assert [i for i, _ in hits] == list(want), (toks, w)
+            assert [h["score"] for _, h in hits] == pytest.approx(list(full[want]), rel=1e-5, abs=1e-6)
+    from fnbody.search.index import _int8_kernels
+
+    assert (index._moments is not None) == _int8_kernels()  # the moments exist only if the int8 path ran
+    if _int8_kernels():  # approximate scores off by up to their stated bound must still give the exact answer
+        pre = index.int8_prefilter()
+        approx, bound = pre.approx, pre.bound
+        noise = rng.uniform(-0.05, 0.05, size=n).astype(np.float32)
+        pre.approx = lambda x: approx(x) + torch.from_numpy(noise)
+        pre.bound = lambda x, batch=None: bound(x, batch) + 0.05
+        for qi, toks, hits in zip(q, queries, index.search_hybrid(q, queries, 10, 1.0)):
+            assert [i for i, _ in hits] == list(np.argsort(-fuse(vectors @ qi, index.bm25.scores(toks), 1.0), kind="stable")[:10])
+    # A query BM25 matches nowhere is dense search (its z(BM25) is 0 everywhere).
+    assert [i for i, _ in index.search_hybrid(q[3:4], [["nowhere"]], 5, 1.0)[0]] == [i for i, _ in index.search_vectors(q[3:4], 5)[0]]
 
 
 def test_hybrid_needs_an_index_built_with_bm25(run_and_corpus, tmp_path, capsys):

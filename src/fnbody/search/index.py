@@ -42,6 +42,7 @@ SNIPPET_LINES = 8
 PREFILTER_MIN_ROWS = 50_000  # below this an fp32 scan takes ~3 ms or less and the int8 copy is not worth building
 PREFILTER_CANDIDATES = 512  # rows the int8 pass hands to the fp32 rescoring (at least 8 k)
 QUERY_CHUNK = 64  # queries scored per product: bounds the (queries x rows) score matrix
+MOMENT_CHUNK = 16_384  # rows per product when hybrid search computes the rows' mean and covariance
 RECORD_KEYS = ("repo", "path", "func_name", "url", "sha", "lineno", "docstring", "code")
 
 
@@ -278,6 +279,7 @@ class SearchIndex:
         self.embedder = embedder
         self._int8: Int8Prefilter | None = None
         self._searches = 0
+        self._moments: tuple | None = None  # (the vectors they were computed from, mean, covariance): see _dense_moments
 
     @classmethod
     def load(cls, path: str | Path, *, run: str | Path | None = None, device: str = "cpu", quantize: bool = False) -> "SearchIndex":
@@ -380,19 +382,54 @@ class SearchIndex:
                 for rank, (i, scores) in enumerate(hits, 1)]
 
     def search_hybrid(self, q: np.ndarray, query_tokens: Sequence[Sequence[str]], k: int, weight: float) -> list[list[tuple[int, dict]]]:
-        """Top-k (row, {score, dense_score, bm25_score}) per query by z(dense) + weight * z(BM25) over every row.
+        """Top-k (row, {score, dense_score, bm25_score}) per query by z(dense) + weight * z(BM25) over every row, exactly.
 
-        The z-scores need every row's dense score, so this scans in fp32 (no int8 prefilter).
+        The z-scores are over all rows, as `fuse` takes them. A small index, or the first search of a large one, scores
+        every row in fp32. A warm large index does not: a query's mean dense score is q . mean(rows) and its variance
+        q' cov(rows) q (moments computed once), and the int8 prefilter's approximate scores, within their proven error
+        bound e, give every row's fused score to within a e / std: only rows whose upper bound reaches the k-th best
+        lower bound can be in the top k, and only those are rescored in fp32 (the same exact answer, without reading
+        every fp32 row).
         """
-        from fnbody.search.lexical import fuse
-
         k = max(1, min(int(k), len(self.records)))
         q = np.ascontiguousarray(q, dtype=np.float32)
+        prefilter = self._prefilter(k)
+        self._searches += 1
         out = []
-        for s in range(0, len(q), QUERY_CHUNK):
-            dense = dense_scores(self.vectors, q[s:s + QUERY_CHUNK])
-            lex = np.stack([self.bm25.scores(t) for t in query_tokens[s:s + QUERY_CHUNK]])
-            rows, vals = top_k(fuse(dense, lex, weight), k)
-            out += [[(int(i), {"score": float(v), "dense_score": float(d[i]), "bm25_score": float(b[i])}) for i, v in zip(r, val)]
-                    for r, val, d, b in zip(rows, vals, dense, lex)]
+        for qi, tokens in zip(q, query_tokens):
+            lex = self.bm25.scores(tokens).astype(np.float64)
+            lex_z = weight * (lex - lex.mean()) / (lex.std() + 1e-9)
+            if prefilter is None:
+                cand = np.arange(len(self.vectors))
+                dense = dense_scores(self.vectors, qi[None])[0].astype(np.float64)
+                mu_d, sd_d = float(dense.mean()), float(dense.std())
+            else:
+                mean, cov = self._dense_moments()
+                q64 = qi.astype(np.float64)
+                mu_d, sd_d = float(q64 @ mean), float(np.sqrt(max(float(q64 @ cov @ q64), 0.0)))
+                approx = prefilter.approx(qi[None]).numpy()[0].astype(np.float64)
+                base = (approx - mu_d) / (sd_d + 1e-9) + lex_z
+                slack = prefilter.bound(qi) / (sd_d + 1e-9) + 1e-6  # fused-score error of the int8 scores, and rounding
+                lower_kth = np.partition(base, len(base) - k)[len(base) - k] - slack
+                cand = np.flatnonzero(base + slack >= lower_kth)
+                dense = dense_scores(self.vectors[cand], qi[None])[0].astype(np.float64)
+            fused = (dense - mu_d) / (sd_d + 1e-9) + lex_z[cand]
+            cols, vals = top_k(fused[None], k)
+            out.append([(int(cand[c]), {"score": float(v), "dense_score": float(dense[c]), "bm25_score": float(lex[cand[c]])})
+                        for c, v in zip(cols[0], vals[0])])
         return out
+
+    def _dense_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean row, covariance of the rows), float64, for hybrid search's dense z-scores; computed once per `vectors`."""
+        if self._moments is None or self._moments[0] is not self.vectors:
+            import torch
+
+            n, dim = self.vectors.shape
+            mean = sum(self.vectors[s:s + MOMENT_CHUNK].sum(0, dtype=np.float64) for s in range(0, n, MOMENT_CHUNK)) / n
+            center = torch.from_numpy(mean.astype(np.float32))
+            cov = torch.zeros(dim, dim, dtype=torch.float64)
+            for s in range(0, n, MOMENT_CHUNK):  # torch's BLAS, not numpy's (see dense_scores)
+                x = torch.from_numpy(self.vectors[s:s + MOMENT_CHUNK]) - center
+                cov += (x.T @ x).double()
+            self._moments = (self.vectors, mean, (cov / n).numpy())
+        return self._moments[1], self._moments[2]
