@@ -38,6 +38,7 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", help="where the dense run embeds: cpu, cuda, auto (scoring stays on the CPU)")
     ap.add_argument("--latency", type=int, metavar="ROWS", help="time hybrid vs dense queries over >= ROWS rows instead (needs --test-index)")
     ap.add_argument("--queries", type=int, default=200, help="--latency: test docstrings timed as queries")
+    ap.add_argument("--int8", action="store_true", help="--latency: the int8 query encoder (for the end-to-end rows)")
     args = ap.parse_args()
     if args.latency:
         if not args.test_index:
@@ -98,7 +99,7 @@ def latency(args) -> int:
 
     torch.set_num_threads(args.threads)
     print(f"torch threads {torch.get_num_threads()}, load average at start {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    index = SearchIndex.load(args.test_index)
+    index = SearchIndex.load(args.test_index, quantize=args.int8)
     reps = -(-args.latency // len(index))
     rng = np.random.default_rng(0)
     queries = [" ".join(r["docstring"].split()[:20]) for r in index.records[:args.queries] if r.get("docstring")]
@@ -125,7 +126,9 @@ def latency(args) -> int:
     paths = {"dense (baseline)": lambda i: index.search_vectors(vecs[i], 10),
              "hybrid w=0.3": lambda i: index.search_hybrid(vecs[i], [toks[i]], 10, 0.3),
              "hybrid full scan": full_scan,
-             "bm25 scores only": lambda i: index.bm25.scores(toks[i])}
+             "bm25 scores only": lambda i: index.bm25.scores(toks[i]),
+             "dense query end to end": lambda i: index.query(queries[i], 10, hybrid=0),
+             "hybrid query end to end": lambda i: index.query(queries[i], 10, hybrid=0.3)}
     same = sum([r for r, _ in index.search_hybrid(vecs[i], [toks[i]], 10, 0.3)[0]] == list(full_scan(i)[0][0]) for i in range(len(queries)))
     print(f"hybrid top 10 equal to the full scan's for {same} of {len(queries)} queries", flush=True)
     for f in paths.values():  # warm-up; the second dense search builds the int8 prefilter, as a served index does
@@ -142,8 +145,8 @@ def latency(args) -> int:
     for name, v in lat.items():
         p50 = np.percentile(v, 50)
         print(f"{name:<18} p50 {p50:6.2f} ms  p99 {np.percentile(v, 99):6.2f} ms  = {p50 / base:.2f}x the dense search "
-              f"({len(v)} timed searches, k=10, ranking only)")
-    print(f"query encoding ({index.embedder.cfg.encoder}, fp32, same for both paths): mean {encode_ms:.1f} ms over {len(queries)} queries")
+              f"({len(v)} timed searches, k=10, {'encoding + ranking' if 'end to end' in name else 'ranking only'})")
+    print(f"query encoding ({index.embedder.cfg.encoder}, {'int8' if args.int8 else 'fp32'}, same for every path): mean {encode_ms:.1f} ms over {len(queries)} queries")
     print(f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
