@@ -79,6 +79,10 @@ def test_report_has_every_section_with_real_numbers(tiny_run):
                     "## Beyond the report"):
         assert heading in md
     assert "NBoW encoder fused with BM25, weight 0.3" in md and "paired bootstrap over the test rows: p = " in md
+    # The train index records the fusion weight that served search defaults to: the same valid choice as the search
+    # stage's eval (same model, same train-split IDF), so the same weight, pairs and grid.
+    fw, ev_fw = json.loads((out / "index" / "index.json").read_text())["fusion_weight"], rep["search"]["nbow"]["fusion_weight"]
+    assert (fw["weight"], fw["n"]) == (ev_fw["weight"], ev_fw["n"]) and fw["grid"] == pytest.approx(ev_fw["grid"])
     assert "| BM25 alone (no training) |" in md and "fused with BM25 (weight from valid)" in md
     fw = rep["search"]["nbow"]["fusion_weight"]  # the text names what the weight was chosen on, as recorded
     assert f"ranks the valid split's first {fw['n']} pairs (one pool) best" in md and fw["protocol"] == "pool"

@@ -110,9 +110,13 @@ def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
     want_index = a.retriever in s.encoders and ((a.enabled and target) or rag_lms)
     if want_index:
         stages.append(Stage(
-            "rag-index", {"retriever": a.retriever, "bm25": a.rag_hybrid > 0, "device": dev},
+            # With BM25, the index also records the fusion weight chosen on valid: `fnbody serve --search` on it then fuses by
+            # default (retrieval for generation keeps augment.rag_hybrid, passed explicitly).
+            "rag-index", {"retriever": a.retriever, "bm25": a.rag_hybrid > 0, "fusion_weight": a.rag_hybrid > 0 and s.bm25_fusion, "device": dev},
             lambda resume: [fnbody_cmd("search", "index", out / "search" / a.retriever, "--corpus", corpus, "--splits", "train",
-                                       "--out", index, "--overwrite", "--device", dev, *(["--bm25"] if a.rag_hybrid > 0 else []))],
+                                       "--out", index, "--overwrite", "--device", dev,
+                                       *(["--bm25"] if a.rag_hybrid > 0 else []),
+                                       *(["--hybrid-weight", "auto"] if a.rag_hybrid > 0 and s.bm25_fusion else []))],
             outputs=[index / "index.json"], deps=["corpus", f"search-{a.retriever}"], workdir=index,
         ))
 
