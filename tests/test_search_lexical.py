@@ -166,6 +166,12 @@ def test_hybrid_top_k_without_a_full_scan_equals_the_full_fusion():
         pre.bound = lambda x, batch=None: bound(x, batch) + 0.05
         for qi, toks, hits in zip(q, queries, index.search_hybrid(q, queries, 10, 1.0)):
             assert [i for i, _ in hits] == list(np.argsort(-fuse(vectors @ qi, index.bm25.scores(toks), 1.0), kind="stable")[:10])
+    # warm() builds both up front (a server calls it), so even a first search takes the int8 path.
+    cold = SearchIndex(Path("mem"), {}, vectors, [{"i": i} for i in range(n)], None, BM25Index.build(docs))
+    cold.prefilter_min_rows = 0
+    assert cold.warm() is cold and (cold._moments is not None) == (cold._int8 is not None) == _int8_kernels()
+    if _int8_kernels():
+        assert cold._prefilter(10) is cold._int8
     # A query BM25 matches nowhere is dense search (its z(BM25) is 0 everywhere).
     assert [i for i, _ in index.search_hybrid(q[3:4], [["nowhere"]], 5, 1.0)[0]] == [i for i, _ in index.search_vectors(q[3:4], 5)[0]]
 

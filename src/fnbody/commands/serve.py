@@ -60,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.search:
         from fnbody.search.index import SearchIndex
 
-        index = SearchIndex.load(args.search, device="cpu", quantize=args.search_int8)
+        index = SearchIndex.load(args.search, device="cpu", quantize=args.search_int8).warm()
     from fnbody.commands.generate import augment_generator
 
     generator = augment_generator(load_generator(args.run, device=args.device), args)

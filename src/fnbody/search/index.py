@@ -342,6 +342,15 @@ class SearchIndex:
             return None  # building takes ~1 s per 100k rows: a one-shot `fnbody search query` would never earn it back
         return self.int8_prefilter()
 
+    def warm(self) -> "SearchIndex":
+        """Build now what a large index's searches would otherwise build at their second call (the int8 copy, and for
+        hybrid search the rows' moments), so that no request of a server pays for it; returns the index."""
+        if len(self.vectors) >= self.prefilter_min_rows and _int8_kernels():
+            self.int8_prefilter()
+            if self.bm25 is not None:
+                self._dense_moments()
+        return self
+
     def int8_prefilter(self) -> "Int8Prefilter":
         """The int8 copy of the current vectors, built now if missing or if `vectors` was replaced (searches build it themselves)."""
         if self._int8 is None or self._int8.source is not self.vectors:
