@@ -86,6 +86,8 @@ def test_report_has_every_section_with_real_numbers(tiny_run):
     assert "| BM25 alone (no training) |" in md and "fused with BM25 (weight from valid)" in md
     fw = rep["search"]["nbow"]["fusion_weight"]  # the text names what the weight was chosen on, as recorded
     assert f"ranks the valid split's first {fw['n']} pairs (one pool) best" in md and fw["protocol"] == "pool"
+    assert "![fusion weight on valid](figures/search_fusion_valid.png)" in md
+    assert (out / "figures" / "search_fusion_valid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # lms.0.rag: the generator was fine-tuned with context from the same index the augment stage retrieves from
     assert beyond["trained_with_context"] is True and "(fine-tuned with retrieved context)" in md
     lm_cfg = json.loads((out / "lm" / "gpt2-scratch" / "fnbody.json").read_text())["config"]["data"]

@@ -108,6 +108,17 @@ def _search_section(out: Path, rep: dict, md: list[str]) -> None:
               f"query, w the grid weight that ranks the valid split's first {chosen_on} best.\n")
     md += [f"- `{s}`" for s in sigs]
     md.append("")
+    grids = {run.name: rep["search"][run.name]["fusion_weight"]["grid"] for run in runs if rep["search"][run.name].get("fusion_weight")}
+    if grids:  # how the valid MRR moves with the BM25 weight, per encoder: the choice behind the fused column
+        from fnbody.plots import plot_curves
+
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+        weights = sorted({float(w) for g in grids.values() for w in g})
+        rows = [{"BM25 weight w": w, **{enc: g.get(f"{w:g}") for enc, g in grids.items()}} for w in weights]
+        png = plot_curves(rows, out / "figures" / "search_fusion_valid.png",
+                          [("valid MRR of z(dense) + w z(BM25): the chosen w is the highest point", list(grids))], x="BM25 weight w")
+        if png:
+            md.append("![fusion weight on valid](figures/search_fusion_valid.png)")
     for run in runs:
         fig = _figure(out, run / "curves.png", f"search_{run.name}_curves.png")
         if fig:
