@@ -400,33 +400,41 @@ class SearchIndex:
         lower bound can be in the top k, and only those are rescored in fp32 (the same exact answer, without reading
         every fp32 row).
         """
+        from fnbody.search.lexical import fuse, zscore
+
         k = max(1, min(int(k), len(self.records)))
         q = np.ascontiguousarray(q, dtype=np.float32)
         prefilter = self._prefilter(k)
         self._searches += 1
         out = []
-        for qi, tokens in zip(q, query_tokens):
-            lex = self.bm25.scores(tokens).astype(np.float64)
-            lex_z = weight * (lex - lex.mean()) / (lex.std() + 1e-9)
-            if prefilter is None:
-                cand = np.arange(len(self.vectors))
-                dense = dense_scores(self.vectors, qi[None])[0].astype(np.float64)
-                mu_d, sd_d = float(dense.mean()), float(dense.std())
+        for s in range(0, len(q), QUERY_CHUNK):  # one product per chunk of queries, as search_vectors does
+            chunk = q[s:s + QUERY_CHUNK]
+            lex = np.stack([self.bm25.scores(t) for t in query_tokens[s:s + QUERY_CHUNK]])
+            if prefilter is None:  # every row in fp32
+                dense = dense_scores(self.vectors, chunk)
+                rows, vals = top_k(fuse(dense, lex, weight), k)
+                out += [[(int(i), {"score": float(v), "dense_score": float(d[i]), "bm25_score": float(b[i])}) for i, v in zip(r, val)]
+                        for r, val, d, b in zip(rows, vals, dense, lex)]
             else:
-                mean, cov = self._dense_moments()
-                q64 = qi.astype(np.float64)
-                mu_d, sd_d = float(q64 @ mean), float(np.sqrt(max(float(q64 @ cov @ q64), 0.0)))
-                approx = prefilter.approx(qi[None]).numpy()[0].astype(np.float64)
-                base = (approx - mu_d) / (sd_d + 1e-9) + lex_z
-                slack = prefilter.bound(qi) / (sd_d + 1e-9) + 1e-6  # fused-score error of the int8 scores, and rounding
-                lower_kth = np.partition(base, len(base) - k)[len(base) - k] - slack
-                cand = np.flatnonzero(base + slack >= lower_kth)
-                dense = dense_scores(self.vectors[cand], qi[None])[0].astype(np.float64)
-            fused = (dense - mu_d) / (sd_d + 1e-9) + lex_z[cand]
-            cols, vals = top_k(fused[None], k)
-            out.append([(int(cand[c]), {"score": float(v), "dense_score": float(dense[c]), "bm25_score": float(lex[cand[c]])})
-                        for c, v in zip(cols[0], vals[0])])
+                approx = prefilter.approx(chunk).numpy()
+                out += [self._hybrid_bounded(qi, a, weight * zscore(b), b, k, prefilter.bound(qi, chunk))
+                        for qi, a, b in zip(chunk, approx, lex)]
         return out
+
+    def _hybrid_bounded(self, q: np.ndarray, approx: np.ndarray, lex_z: np.ndarray, lex: np.ndarray, k: int,
+                        bound: float) -> list[tuple[int, dict]]:
+        """search_hybrid's top k for one query from its int8 scores `approx` (each within `bound` of the exact one) and its
+        weighted BM25 z-scores: the rows whose fused upper bound reaches the k-th best lower bound, rescored in fp32."""
+        mean, cov = self._dense_moments()
+        q64 = q.astype(np.float64)
+        mu, sd = float(q64 @ mean), float(np.sqrt(max(float(q64 @ cov @ q64), 0.0))) + 1e-9  # z-scores as `zscore` takes them
+        base = (approx - mu) / sd + lex_z
+        slack = bound / sd + 1e-6  # the fused-score error of the int8 scores, plus rounding
+        cand = np.flatnonzero(base + slack >= np.partition(base, len(base) - k)[len(base) - k] - slack)
+        dense = dense_scores(self.vectors[cand], q[None])[0].astype(np.float64)
+        cols, vals = top_k(((dense - mu) / sd + lex_z[cand])[None], k)
+        return [(int(cand[c]), {"score": float(v), "dense_score": float(dense[c]), "bm25_score": float(lex[cand[c]])})
+                for c, v in zip(cols[0], vals[0])]
 
     def _dense_moments(self) -> tuple[np.ndarray, np.ndarray]:
         """(mean row, covariance of the rows), float64, for hybrid search's dense z-scores; computed once per `vectors`."""
