@@ -93,6 +93,16 @@ def test_generate_samples_reuses_a_complete_file_only_when_asked_and_only_if_it_
     assert gen.calls == 3
 
 
+def test_pipeline_generation_time_is_none_only_for_a_kept_file(tmp_path):
+    from fnbody.pipeline.tasks import _generate_timed
+
+    rows = [{"task_id": f"t{i}", "prompt": PROMPT.replace("f(", f"f{i}(")} for i in range(3)]
+    out, cfg = tmp_path / "samples.jsonl", GenerationConfig(n=1, batch_size=2)
+    assert isinstance(_generate_timed(CountingGenerator(), rows, cfg, out), float)  # generated
+    assert _generate_timed(CountingGenerator(), rows, cfg, out) is None  # kept as it was
+    assert isinstance(_generate_timed(CountingGenerator(), rows[:2], cfg, out), float)  # a file for other rows: generated again
+
+
 def test_load_prompts_sources(tmp_path, tiny_corpus):
     rows = load_prompts(str(tiny_corpus), split="test", max_samples=5)
     assert len(rows) == 5 and all(r["prompt"].startswith("def ") for r in rows)

@@ -29,6 +29,17 @@ def _decoding(max_new_tokens: int, batch_size: int, seed: int, require_body: boo
     return GenerationConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, require_body=require_body)
 
 
+def _generate_timed(gen, rows: list[dict], cfg, path: Path) -> float | None:
+    """`generate_samples` keeping a finished file; the seconds it took, or None when a file from an earlier attempt
+    was kept untouched (nothing was generated, so there is no time to report)."""
+    from fnbody.generate.run import generate_samples
+
+    before = path.stat().st_mtime_ns if path.exists() else None
+    t0 = time.perf_counter()
+    generate_samples(gen, rows, cfg, path, reuse_complete=True)
+    return None if before is not None and path.stat().st_mtime_ns == before else round(time.perf_counter() - t0, 1)
+
+
 def evaluate_generator(run: str, corpus: str, out: str, name: str, bleu_samples: int = 1000, humaneval_problems: int = 0,
                        max_new_tokens: int = 256, batch_size: int = 8, timeout: float = 10.0, seed: int = 0,
                        device: str = "auto", novelty_train: int = 20000, require_body: bool = False) -> dict:
@@ -44,7 +55,6 @@ def evaluate_generator(run: str, corpus: str, out: str, name: str, bleu_samples:
     from fnbody.evaluate.syntax import syntax_validity
     from fnbody.generate.load import load_generator
     from fnbody.generate.prompts import load_prompts
-    from fnbody.generate.run import generate_samples
     from fnbody.io import read_jsonl
 
     out_dir = Path(out)
@@ -55,12 +65,9 @@ def evaluate_generator(run: str, corpus: str, out: str, name: str, bleu_samples:
     summary: dict = {"model": name, "run": run, "generator": gen.name, "decoding": f"greedy|max_new_tokens:{max_new_tokens}|seed:{seed}{'|require_body' if require_body else ''}"}
 
     # --- the corpus test split: BLEU family, syntax, novelty -------------------------------------
-    t0 = time.perf_counter()
     rows = load_prompts(corpus, split="test", max_samples=bleu_samples or None)
     test_samples = out_dir / "test_samples.jsonl"
-    reused = test_samples.exists()  # a finished file from an earlier attempt at this stage: kept, so no time to report
-    generate_samples(gen, rows, cfg, test_samples, reuse_complete=True)
-    summary["test_generation_s"] = None if reused else round(time.perf_counter() - t0, 1)
+    summary["test_generation_s"] = _generate_timed(gen, rows, cfg, test_samples)
     samples = {s["task_id"]: s["completion"] for s in read_jsonl(test_samples)}
     hyps = [samples[r["task_id"]] for r in rows]
     bleu = bleu_report(hyps, [r["body"] for r in rows], [r["code"] for r in rows])
@@ -74,14 +81,11 @@ def evaluate_generator(run: str, corpus: str, out: str, name: str, bleu_samples:
     summary["listing"] = [{"task_id": r["task_id"], "prompt": r["prompt"], "completion": samples[r["task_id"]], "reference": r["body"]} for r in rows[:3]]
 
     # --- HumanEval: functional correctness --------------------------------------------------------
-    t0 = time.perf_counter()
     problems = load_problems()
     ids = list(problems)[: humaneval_problems or None]
     he_rows = [{"task_id": i, "prompt": problems[i]["prompt"]} for i in ids]
     he_samples = out_dir / "humaneval_samples.jsonl"
-    reused = he_samples.exists()
-    generate_samples(gen, he_rows, cfg, he_samples, reuse_complete=True)
-    summary["humaneval_generation_s"] = None if reused else round(time.perf_counter() - t0, 1)
+    summary["humaneval_generation_s"] = _generate_timed(gen, he_rows, cfg, he_samples)
     he_summary, results = evaluate_functional_correctness(read_jsonl(he_samples), {i: problems[i] for i in ids}, ks=(1,), timeout=timeout)
     he_summary["problems"] = f"HumanEval first {len(ids)} of 164" if len(ids) < 164 else "HumanEval all 164"
     summary["humaneval"] = he_summary
