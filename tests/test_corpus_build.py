@@ -206,6 +206,76 @@ def test_split_by_repo_deterministic_across_jobs(tmp_path):
     assert m3["content_hash"] != m1["content_hash"]
 
 
+def _repos_by_split(n: int) -> dict[str, list[int]]:
+    from fnbody.corpus.split import split_of
+
+    out: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for i in range(n):
+        out[split_of(f"repo_{i}", 0)].append(i)
+    return out
+
+
+def test_extend_adds_to_train_only_and_keeps_eval_byte_for_byte(tmp_path, capsys):
+    by = _repos_by_split(20)
+    assert by["train"] and by["valid"] and by["test"]
+    srcs = []
+    for i in range(20):
+        d = tmp_path / "src" / f"repo_{i}"
+        d.mkdir(parents=True)
+        (d / "m.py").write_text(module(f"r{i}", 3))
+        srcs.append(str(d))
+    base = tmp_path / "base"
+    bm = build_corpus(srcs, base, cfg(shard_size=4))
+    test_fn = module(f"r{by['test'][0]}", 1)  # the test repo's first function, copied into a new package
+    new = tmp_path / "new"
+    (new / "fresh").mkdir(parents=True)
+    (new / "fresh" / "a.py").write_text(module("fresh", 4))
+    (new / "vendors").mkdir()
+    (new / "vendors" / "copied.py").write_text(test_fn)  # exact copy of a test function: must not leak into train
+    (new / "vendors" / "near.py").write_text(test_fn.replace("return sum(d)", "e = 0\n    return sum(d) + e"))  # near copy
+    eval_alias = f"Repo.{by['valid'][0]}"  # the same project as 'repo_N' by PEP 503
+    (new / eval_alias).mkdir()
+    (new / eval_alias / "b.py").write_text(module("newer", 2))  # a newer release of a valid repo: dropped
+    out = tmp_path / "ext"
+    assert cli_main(["corpus", "build", str(new / "fresh"), str(new / "vendors"), str(new / eval_alias),
+                     "--out", str(out), "--extend", str(base), "--shard-size", "4", "-j", "1"]) == 0
+    assert "its valid and test are unchanged" in capsys.readouterr().err
+    m = check_corpus(out)
+    for split in ("valid", "test"):
+        for f in (base / split).glob("*.jsonl.gz"):
+            assert (out / split / f.name).read_bytes() == f.read_bytes()
+        assert sorted(p.name for p in (out / split).glob("*")) == sorted(p.name for p in (base / split).glob("*"))
+        assert m["counts"]["splits"][split] == bm["counts"]["splits"][split]
+    base_train = list(read_split(base, "train"))
+    train = list(read_split(out, "train"))
+    assert train[: len(base_train)] == base_train  # the base's train comes first, unchanged
+    added = train[len(base_train):]
+    assert {r["repo"] for r in added} == {"fresh"} and len(added) == 4
+    assert all(r["partition"] == "train" for r in added)
+    fn = m["counts"]["functions"]
+    assert fn["eval_repo_dropped"] == 2 and fn["exact_duplicates"] == 1 and fn["near_duplicates"] == 1 and fn["final"] == 4
+    assert m["counts"]["splits"]["train"]["records"] == len(train) == bm["counts"]["splits"]["train"]["records"] + 4
+    assert m["extends"]["content_hash"] == bm["content_hash"] and m["extends"]["added"] == {"train": 4, "repos": 1}
+    assert m["files"][f"train/python_train_{len(list((base / 'train').glob('*.gz')))}.jsonl.gz"]["records"] == 4
+
+
+def test_extend_refuses_bad_requests(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text(module("a", 2))
+    base = tmp_path / "base"
+    build_corpus([str(tmp_path / "src")], base, cfg())
+    before = {p: p.read_bytes() for p in base.rglob("*") if p.is_file()}
+    with pytest.raises(FnbodyError, match="cannot also be --out"):
+        build_corpus([str(tmp_path / "src")], base, cfg(extend=str(base)))
+    with pytest.raises(FnbodyError, match="needs SOURCE"):
+        build_corpus([], tmp_path / "o", cfg(extend=str(base)))
+    with pytest.raises(FnbodyError, match="not an fnbody corpus"):
+        build_corpus([str(tmp_path / "src")], tmp_path / "o", cfg(extend=str(tmp_path / "src")))
+    with pytest.raises(FnbodyError, match="keep-csn-partition"):
+        build_corpus([str(tmp_path / "src")], tmp_path / "o", cfg(extend=str(base), keep_csn_partition=True))
+    assert {p: p.read_bytes() for p in base.rglob("*") if p.is_file()} == before and not (tmp_path / "o").exists()
+
+
 @pytest.mark.skipif(not CSN_SAMPLE.is_dir(), reason=f"CSN sample rows not found at {CSN_SAMPLE} (shared/ folder beside the repo)")
 def test_csn_rows_round_trip(tmp_path):
     files = sorted(CSN_SAMPLE.glob("*.jsonl.gz"))

@@ -8,7 +8,7 @@ import pytest
 from fnbody.corpus.dedup import dedup_exact, dedup_near, jaccard
 from fnbody.corpus.extract import decode_source, functions_from_source
 from fnbody.corpus.filters import FilterConfig, function_skip_reason, is_dunder, is_stub, is_test_function, is_test_path
-from fnbody.corpus.records import Options, TaskResult, _dedup_keys
+from fnbody.corpus.records import Options, TaskResult, dedup_keys
 from fnbody.corpus.split import split_of
 from fnbody.tokens.code import code_tokens, docstring_tokens, first_paragraph
 
@@ -114,7 +114,7 @@ def test_function_filters():
 
 
 def _rec(tokens):
-    return {"code_tokens": tokens, **_dedup_keys(tokens, near=True)}
+    return {"code_tokens": tokens, **dedup_keys(tokens, near=True)}
 
 
 def test_dedup_exact_and_near():
@@ -127,6 +127,19 @@ def test_dedup_exact_and_near():
     kept2, removed2 = dedup_near(kept, threshold=0.8)
     assert removed2 == 1 and [r["code_tokens"] for r in kept2] == [base, far]
     assert jaccard(set(base), set(near)) == pytest.approx(38 / 42)
+
+
+def test_dedup_keep_first_keeps_the_base_and_checks_the_rest_against_it():
+    base = [f"t{i}" for i in range(40)]
+    near = base[:-2] + ["x1", "x2"]
+    other = [f"z{i}" for i in range(40)]
+    fixed = [_rec(base), _rec(list(base))]  # a base that itself repeats: both are kept all the same
+    kept, removed = dedup_exact(fixed + [_rec(list(base)), _rec(other)], keep_first=2)
+    assert removed == 1 and [r["code_tokens"] for r in kept] == [base, base, other]
+    kept, removed = dedup_near(fixed + [_rec(near), _rec(other)], threshold=0.8, keep_first=2)
+    assert removed == 1 and [r["code_tokens"] for r in kept] == [base, base, other]
+    kept, removed = dedup_near([_rec(near)] + fixed, threshold=0.8, keep_first=1)  # later base copies are not exempt
+    assert removed == 2
 
 
 def test_split_is_deterministic_and_roughly_80_10_10():

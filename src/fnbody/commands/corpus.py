@@ -25,6 +25,10 @@ def register(sub, groups) -> None:
     b.add_argument("-j", "--jobs", type=int, default=0, help="worker processes (default: all cores)")
     b.add_argument("--seed", type=int, default=0, help="seed of the repo hash that assigns splits (default 0)")
     b.add_argument("--split", default="0.8,0.1,0.1", metavar="TRAIN,VALID,TEST", help="shares of repos per split (default 0.8,0.1,0.1)")
+    b.add_argument("--extend", metavar="BASE", default=None,
+                   help="add the sources' functions to BASE's train split only: BASE's train/valid/test shards are copied byte for "
+                        "byte, and new functions that repeat any BASE function (exactly or nearly) or come from a repo in BASE's "
+                        "valid/test are dropped")
     b.add_argument("--keep-csn-partition", action="store_true", help="CSN input keeps its own partition instead of the repo hash")
     b.add_argument("--strict", action="store_true", help="fail at the first bad input (naming file and line) instead of skipping it")
     b.add_argument("--max-file-mb", type=float, default=2.0, help="skip files and archive members larger than this (default 2)")
@@ -75,16 +79,21 @@ def _build(args: argparse.Namespace) -> int:
         exact_dedup=not args.no_dedup, near_dedup=not (args.no_dedup or args.no_near_dedup), near_threshold=args.near_threshold,
         seed=args.seed, fractions=_fractions(args.split), keep_csn_partition=args.keep_csn_partition,
         max_file_mb=args.max_file_mb, max_archive_mb=args.max_archive_mb, shard_size=args.shard_size, strict=args.strict,
-        jobs=args.jobs, max_files=args.max_files, max_samples=args.max_samples,
+        jobs=args.jobs, max_files=args.max_files, max_samples=args.max_samples, extend=args.extend,
     )
     m = build_corpus(args.sources, args.out, cfg)
     c = m["counts"]
     fn = c["functions"]
     splits = ", ".join(f"{s} {v['records']} ({v['repos']} repos)" for s, v in c["splits"].items())
     skipped = ", ".join(f"{k} {v}" for k, v in c["skipped"].items()) or "none"
-    print(f"corpus: {args.out}: {fn['final']} records ({splits})", file=sys.stderr)
+    total = sum(v["records"] for v in c["splits"].values())
+    print(f"corpus: {args.out}: {total} records ({splits})", file=sys.stderr)
+    if "extends" in m:
+        print(f"  extends {args.extend}: +{fn['final']} train records from {m['extends']['added']['repos']} repos; "
+              f"its valid and test are unchanged", file=sys.stderr)
+    dropped = f", from the base's valid/test repos -{fn['eval_repo_dropped']}" if "eval_repo_dropped" in fn else ""
     print(f"  extracted {fn['extracted']}, after filters {fn['after_filters']}, exact dups -{fn['exact_duplicates']}, "
-          f"near dups -{fn['near_duplicates']}; skipped inputs: {skipped}", file=sys.stderr)
+          f"near dups -{fn['near_duplicates']}{dropped}; skipped inputs: {skipped}", file=sys.stderr)
     return 0
 
 

@@ -3,6 +3,10 @@
 Workers (multiprocessing) read, parse, filter and tokenize; the parent deduplicates (needs the
 whole set), splits by repo and writes the shards into a temporary folder that is renamed into place
 only when everything, manifest included, is written. An interrupted build leaves no corpus behind.
+
+With `extend`, a built corpus is the base: its shards are copied unchanged, so its valid and test
+stay exactly what earlier results were measured on, and the sources' functions become extra train
+records after deduplication against every base record and with the base's valid/test repos left out.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -21,8 +26,8 @@ from pathlib import Path
 from fnbody import __version__
 from fnbody.corpus.dedup import dedup_exact, dedup_near
 from fnbody.corpus.filters import FilterConfig
-from fnbody.corpus.io import FORMAT_VERSION, MANIFEST, RECORD_FIELDS, SPLITS, shard_name
-from fnbody.corpus.records import NUM_PERM, Options, TaskResult, run_task
+from fnbody.corpus.io import FORMAT_VERSION, MANIFEST, RECORD_FIELDS, SPLITS, check_corpus, shard_name
+from fnbody.corpus.records import NUM_PERM, Options, TaskResult, dedup_keys, run_task
 from fnbody.corpus.sources import plan_sources
 from fnbody.corpus.split import split_of
 from fnbody.errors import FnbodyError
@@ -48,6 +53,8 @@ class BuildConfig:
     jobs: int = field(default=0, metadata={"help": "worker processes; 0 = all cores"})
     max_files: int | None = field(default=None, metadata={"help": "debug cap: read at most this many source files"})
     max_samples: int | None = field(default=None, metadata={"help": "debug cap: keep at most this many records"})
+    extend: str | None = field(default=None, metadata={"help": "base corpus to extend: its splits are kept byte for byte, "
+                                                         "the sources' functions are added to train only"})
 
 
 def _merge(total: dict, res: TaskResult) -> None:
@@ -118,6 +125,55 @@ def _write_shard(path: Path, lines: list[str]) -> tuple[int, str]:
     return len(lines), hashlib.sha256(data).hexdigest()
 
 
+def _project_name(repo: str) -> str:
+    """A repo name compared as PyPI compares distributions (PEP 503): 'Ruamel.YAML' == 'ruamel-yaml'."""
+    return re.sub(r"[-_.]+", "-", repo).lower()
+
+
+@dataclass
+class _Base:
+    """What extending a corpus needs from it: every record's dedup keys, its eval repos, its shards."""
+
+    path: Path
+    manifest: dict
+    keys: list[dict]
+    eval_repos: set[str]
+    shards: dict[str, list[tuple[Path, int]]]  # split -> (shard file, records in it)
+    repos: dict[str, set[str]]  # split -> repo names
+
+
+def _read_base(base: str | Path, out: Path, near: bool) -> _Base:
+    """Load a corpus to extend, refusing one that is the output itself."""
+    from fnbody.io import iter_jsonl
+
+    base = Path(base)
+    manifest = check_corpus(base)
+    if base.resolve() == out.resolve():
+        raise FnbodyError(f"--extend {base}: the base corpus cannot also be --out (write the extended corpus to a new folder)")
+    b = _Base(base, manifest, [], set(), {}, {})
+    for split in SPLITS:
+        b.shards[split], b.repos[split] = [], set()
+        for path in progress(sorted((base / split).glob("*.jsonl.gz"), key=lambda p: (len(p.name), p.name)), desc=f"base {split}", unit="shard"):
+            n = 0
+            for _, row in iter_jsonl(path):
+                b.repos[split].add(row["repo"])
+                b.keys.append({"code_tokens": row["code_tokens"], **dedup_keys(row["code_tokens"], near)})
+                n += 1
+            b.shards[split].append((path, n))
+        if split != "train":
+            b.eval_repos |= {_project_name(r) for r in b.repos[split]}
+    return b
+
+
+def _split_counts(by_split: dict[str, list[dict]], base: _Base | None) -> dict:
+    """Records and repos per split written, the base's included when extending."""
+    counts = {}
+    for s, rows in by_split.items():
+        repos = {r["repo"] for r in rows} | (base.repos[s] if base else set())
+        counts[s] = {"records": len(rows) + (sum(n for _, n in base.shards[s]) if base else 0), "repos": len(repos)}
+    return counts
+
+
 def build_corpus(sources: list[str], out: str | Path, cfg: BuildConfig | None = None) -> dict:
     """Build a corpus from `sources` (empty: stdlib + site-packages) into `out`; return the manifest."""
     cfg = cfg or BuildConfig()
@@ -126,6 +182,13 @@ def build_corpus(sources: list[str], out: str | Path, cfg: BuildConfig | None = 
     if not 0.0 < cfg.near_threshold <= 1.0:
         raise FnbodyError(f"near_threshold {cfg.near_threshold} must be in (0, 1]")
     out = Path(out)
+    base = None
+    if cfg.extend:
+        if cfg.keep_csn_partition:
+            raise FnbodyError("--extend adds every new function to train; it cannot be combined with --keep-csn-partition")
+        if not sources:
+            raise FnbodyError("--extend needs SOURCE arguments (folders, wheels, sdists, CSN jsonl) whose functions to add")
+        base = _read_base(cfg.extend, out, cfg.near_dedup)
     plan = plan_sources(list(sources), cfg.max_files)
     if cfg.strict and plan.skips:
         reason, where = plan.skips[0]
@@ -145,11 +208,21 @@ def build_corpus(sources: list[str], out: str | Path, cfg: BuildConfig | None = 
     records.sort(key=lambda r: (r["repo"], r["path"], r["lineno"] or 0, r["func_name"]))
     fn_counts = dict(total["functions"])
     n_after_filters = len(records)
+    n_eval_repo = 0
+    fixed: list[dict] = []
+    if base is not None:
+        # A newer copy of a repo the base evaluates on would leak into training: drop it. The base's
+        # records go first in deduplication and are all kept, so a new function that repeats (or nearly
+        # repeats) any base function, test included, is the one dropped.
+        kept = [r for r in records if _project_name(r["repo"]) not in base.eval_repos]
+        n_eval_repo, records, fixed = len(records) - len(kept), kept, base.keys
     n_exact = n_near = 0
     if cfg.exact_dedup:
-        records, n_exact = dedup_exact(records)
+        records, n_exact = dedup_exact(fixed + records, keep_first=len(fixed))
+        records = records[len(fixed):]
     if cfg.near_dedup:
-        records, n_near = dedup_near(records, cfg.near_threshold, NUM_PERM)
+        records, n_near = dedup_near(fixed + records, cfg.near_threshold, NUM_PERM, keep_first=len(fixed))
+        records = records[len(fixed):]
     n_after_dedup = len(records)
     if cfg.max_samples is not None:
         records = records[: cfg.max_samples]
@@ -157,7 +230,9 @@ def build_corpus(sources: list[str], out: str | Path, cfg: BuildConfig | None = 
     by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for r in records:
         part = r.pop("_csn_partition", None)
-        if not (cfg.keep_csn_partition and part in SPLITS):
+        if base is not None:
+            part = "train"
+        elif not (cfg.keep_csn_partition and part in SPLITS):
             part = split_of(r["repo"], cfg.seed, cfg.fractions)
         r["partition"] = part
         by_split[part].append(r)
@@ -165,15 +240,24 @@ def build_corpus(sources: list[str], out: str | Path, cfg: BuildConfig | None = 
     tmp = _prepare_out(out)
     try:
         jobs_list = []
+        copied: dict[str, dict] = {}
         for split, rows in by_split.items():
             (tmp / split).mkdir()
+            first = 0
+            if base is not None:  # the base's shards, byte for byte, then the new train records after them
+                for src, n in base.shards[split]:
+                    shutil.copy2(src, tmp / split / src.name)
+                    copied[f"{split}/{src.name}"] = {"records": n, "sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
+                first = len(base.shards[split])
+                if not rows:
+                    continue
             for i in range(0, max(len(rows), 1), cfg.shard_size):
                 lines = [json.dumps({k: r[k] for k in RECORD_FIELDS}, ensure_ascii=False) + "\n" for r in rows[i : i + cfg.shard_size]]
-                jobs_list.append((f"{split}/{shard_name(split, i // cfg.shard_size)}", lines))
+                jobs_list.append((f"{split}/{shard_name(split, first + i // cfg.shard_size)}", lines))
         # zlib releases the GIL, so shards compress in parallel threads.
         with ThreadPoolExecutor(max(1, cfg.jobs or os.cpu_count() or 1)) as ex:
             written = list(progress(ex.map(lambda j: (j[0], *_write_shard(tmp / j[0], j[1])), jobs_list), desc="write", total=len(jobs_list), unit="shard"))
-        files = {name: {"records": n, "sha256": h} for name, n, h in written}
+        files = {**copied, **{name: {"records": n, "sha256": h} for name, n, h in written}}
         content = hashlib.sha256("".join(f"{name}:{files[name]['sha256']}\n" for name in sorted(files)).encode()).hexdigest()
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -192,11 +276,16 @@ def build_corpus(sources: list[str], out: str | Path, cfg: BuildConfig | None = 
                     "after_filters": n_after_filters,
                     "exact_duplicates": n_exact,
                     "near_duplicates": n_near,
+                    **({"eval_repo_dropped": n_eval_repo} if base is not None else {}),
                     "after_dedup": n_after_dedup,
                     "final": len(records),
                 },
-                "splits": {s: {"records": len(rows), "repos": len({r["repo"] for r in rows})} for s, rows in by_split.items()},
+                "splits": _split_counts(by_split, base),
             },
+            **({"extends": {"corpus": str(base.path.resolve()), "content_hash": base.manifest.get("content_hash"),
+                            "splits": base.manifest.get("counts", {}).get("splits"),
+                            "added": {"train": len(records), "repos": len({r["repo"] for r in records})}}}
+               if base is not None else {}),
             "files": files,
             "content_hash": f"sha256:{content}",
         }

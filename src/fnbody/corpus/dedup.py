@@ -19,30 +19,36 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b)
 
 
-def dedup_exact(records: list[dict]) -> tuple[list[dict], int]:
-    """Keep the first record of each exact-duplicate group (same `_exact` key); return (kept, removed)."""
+def dedup_exact(records: list[dict], keep_first: int = 0) -> tuple[list[dict], int]:
+    """Keep the first record of each exact-duplicate group (same `_exact` key); return (kept, removed).
+
+    The first `keep_first` records are kept whatever they duplicate (a base corpus being extended).
+    """
     seen: set[bytes] = set()
     kept = []
-    for r in records:
-        if r["_exact"] not in seen:
+    for i, r in enumerate(records):
+        if i < keep_first or r["_exact"] not in seen:
             seen.add(r["_exact"])
             kept.append(r)
     return kept, len(records) - len(kept)
 
 
-def dedup_near(records: list[dict], threshold: float = 0.8, num_perm: int = 64) -> tuple[list[dict], int]:
-    """Keep the first record of each near-duplicate group (token-set Jaccard >= threshold); return (kept, removed)."""
+def dedup_near(records: list[dict], threshold: float = 0.8, num_perm: int = 64, keep_first: int = 0) -> tuple[list[dict], int]:
+    """Keep the first record of each near-duplicate group (token-set Jaccard >= threshold); return (kept, removed).
+
+    The first `keep_first` records are kept unchecked; later ones are still checked against them.
+    """
     from datasketch import LeanMinHash, MinHashLSH
 
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     kept: list[dict] = []
     token_sets: dict[int, set] = {}
     removed = 0
-    for r in progress(records, desc="near-dup", unit="fn"):
+    for i, r in enumerate(progress(records, desc="near-dup", unit="fn")):
         hv = np.frombuffer(r["_minhash"], dtype=np.uint32).astype(np.uint64)
         mh = LeanMinHash(seed=1, hashvalues=hv, scheme="affine32")
         toks = set(r["code_tokens"])
-        if any(jaccard(toks, token_sets[k]) >= threshold for k in lsh.query(mh)):
+        if i >= keep_first and any(jaccard(toks, token_sets[k]) >= threshold for k in lsh.query(mh)):
             removed += 1
             continue
         key = len(kept)

@@ -59,7 +59,7 @@ class TaskResult:
             self.problem = (reason, where)
 
 
-def _dedup_keys(tokens: list[str], near: bool) -> dict:
+def dedup_keys(tokens: list[str], near: bool) -> dict:
     """Exact key (hash of the normalised token stream) and MinHash of the token set, stored on the record."""
     global _minhash
     keys = {"_exact": hashlib.blake2b(" ".join(tokens).encode(), digest_size=16).digest()}
@@ -93,7 +93,7 @@ def _record(fn: Function, repo: str, path: str, opts: Options, res: TaskResult) 
         "sha": None, "url": None, "partition": None,
         "signature": fn.signature, "prompt": fn.prompt, "body": fn.body, "lineno": fn.lineno,
     }
-    rec.update(_dedup_keys(ctoks, opts.near_dedup))
+    rec.update(dedup_keys(ctoks, opts.near_dedup))
     return rec
 
 
@@ -173,7 +173,7 @@ def _csn_record(row: object, opts: Options, res: TaskResult) -> dict | str:
         docstring_tokens=dtoks, signature=fn.signature, prompt=fn.prompt, body=code[len(fn.prompt):],
         lineno=int(m.group(1)) if m else None, _csn_partition=row.get("partition"),
     )
-    rec.update(_dedup_keys(ctoks, opts.near_dedup))
+    rec.update(dedup_keys(ctoks, opts.near_dedup))
     return rec
 
 
