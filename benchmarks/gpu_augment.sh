@@ -21,16 +21,29 @@
 # LM_S, BATCH (generation batch; 512 fits an H100 with room to spare), CHECK_N, COMBINED=false (skip rag+checked), AUG_S (cap of
 # the retrieval/checked evaluation), ZS_DEADLINE=0 (skip the untuned model), RETRIEVER=RUN (phase lm without phase search:
 # index the train split with this search run, e.g. the H100-tuned MiniLM kept from GPU session 4, instead of a quick NBoW),
-# EVAL_ONLY=1 (phase lm: skip training and re-run the evaluation of the model in $GPU_WORK/lm, keeping its finished parts: for a
-# second call on the same warm machine when the first was cut; pass the same knobs).
+# HE_FIRST=true (phase lm: HumanEval before retrieval BLEU, execution-checked before retrieval, so a cut run loses the
+# least-needed part), INDEX=0 (phase search: no train index, when no phase lm follows), EVAL_ONLY=1 (phase lm: skip
+# training and re-run the evaluation of the model in $GPU_WORK/lm, keeping its finished parts: for a second call on the
+# same warm machine when the first was cut; pass the same knobs).
 # Measured on one H100 (RESULTS.md "GPU session 4"): phase search with two variants side by side 210 s (140 s of training each);
 # phase lm 257 s to the end of 120 s of training (GGUF conversion, tokenising, retrieving context for half the functions: ~135 s),
 # 87 s for the plain evaluation (500 BLEU rows + 164 HumanEval at batch 512), then ~70 s for retrieval BLEU + HumanEval. The
 # execution-checked HumanEval (N=16: 2,624 samples) did not fit what was left, so a 15-minute budget holds EITHER the search phase
 # and a lean lm phase (LM_S=100, COMBINED=false, CHECK_N=8) OR the lm phase in full: plan start ~35 s, data ~15 s, search ~210 s,
 # lm ~500 s with checking, and call nothing else. With RETRIEVER (no search phase) the plan is: PHASE=lm LM_S=120
-# COMBINED=false ZS_DEADLINE=0 under `timeout 580` (train ~260 s, plain ~90 s, retrieval ~70 s, then checked N=16, estimated
-# ~230 s, may be cut); if it is, at once (the machine stays warm 30 s) the same command with EVAL_ONLY=1 finishes it.
+# COMBINED=false ZS_DEADLINE=0 HE_FIRST=true under `timeout 580` (train ~260 s, plain ~90 s, then checked N=16, estimated
+# ~230 s, then retrieval ~70 s, may be cut); if it is, at once (the machine stays warm 30 s) the same command with
+# EVAL_ONLY=1 finishes it.
+# Plan for issue 4 on the extended corpus (`fnbody corpus build WHEELS --extend BASE`: train 43k -> 120k pairs, the same valid
+# and test; RESULTS.md "extended corpus"), three calls on one warm machine, all data carried from this repo's ignored folders:
+#   carry .gpu1: mkdir -p /tmp/g && cp -r .gpu1/corpus /tmp/g/                       (the base corpus, 31 MB)
+#   carry .gpu5: cp -r /tmp/g/corpus /tmp/g/corpus_ext && cp .gpu5/python_train_*.jsonl.gz /tmp/g/corpus_ext/train/ &&
+#                cp .gpu5/manifest.json /tmp/g/corpus_ext/ && cp -r .gpu5/csn-python-sample /tmp/g/   (its new train shards)
+#   carry .gpu6: PHASE=search CORPUS=/tmp/g/corpus_ext MINILM=.gpu6/minilm FROZEN=0 INDEX=0 MINILM_S=200
+#                MINILM_VARIANTS="ext-b256:256:5e-5:256:2 ext-b512:512:1e-4:256:2" GPU_DATA=/tmp/g GPU_WORK=/tmp/w
+#                timeout 560 bash benchmarks/gpu_augment.sh   (.gpu6/minilm: all-MiniLM-L6-v2 in fp16, 45 MB)
+#   Estimated: start ~90 s, two carry calls ~30 s each, training 200 s + loading, evaluation and fusion ~150 s: ~9 min,
+#   leaving no room for phase lm in the same 15 minutes. The tuned weights come home as fp16 parts (see step 2 below).
 # Results land in $OUT (default /tmp/gpu_augment_out): log.txt, search.json, lm_metrics.jsonl, eval_summary.json,
 # augment_summary.json, zeroshot.json, lm_curves.png, search_curves.png and outputs.tar.gz (samples and results).
 set -uo pipefail
@@ -171,9 +184,11 @@ save_file({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, 
 EOF
     split -b 15M -d "$W/minilm_ft_fp16.safetensors" "$OUT/minilm_ft_fp16.part" && say "tuned MiniLM weights ($(basename "$BEST")): $(ls "$OUT" | grep -c minilm_ft_fp16.part) parts in \$OUT"
   fi
-  # 3. The retriever for phase lm: the chosen run, indexing the train split.
-  timeout 300 "${FN[@]}" search index "$BEST" --corpus "$CORPUS" --splits train --out "$W/index" --device "$DEV" --overwrite $BM25_FLAG > "$W/index.log" 2>&1
-  say "index of train with $(basename "$BEST"): rc $? $(tail -n 2 "$W/index.log" | tr '\n' ' ')"
+  # 3. The retriever for phase lm: the chosen run, indexing the train split (INDEX=0 skips it when no lm phase follows).
+  if [ "${INDEX:-1}" != 0 ]; then
+    timeout 300 "${FN[@]}" search index "$BEST" --corpus "$CORPUS" --splits train --out "$W/index" --device "$DEV" --overwrite $BM25_FLAG > "$W/index.log" 2>&1
+    say "index of train with $(basename "$BEST"): rc $? $(tail -n 2 "$W/index.log" | tr '\n' ' ')"
+  fi
   # 4. From-scratch encoders, when asked for.
   for enc in ${ENCODERS:-}; do search_one "$enc" "$SEARCH_S"; done
   search_summary
@@ -219,7 +234,7 @@ if [ "$PHASE" = lm ] || [ "$PHASE" = all ]; then
   timeout 300 "$PY" -m fnbody.pipeline.tasks evaluate_generator "$EVAL"
   say "eval: rc $? $(tr -d '\n ' < "$W/eval/summary.json" 2>/dev/null | head -c 1200)"
   cp "$W/eval/summary.json" "$OUT/eval_summary.json" 2>/dev/null
-  AUG="{\"run\": \"$W/lm\", \"corpus\": \"$CORPUS\", \"index\": \"$W/index\", \"plain\": \"$W/eval\", \"out\": \"$W/augment\", \"name\": \"smollm2-rag-ft\", \"rag_k\": 2, \"rag_hybrid\": $RAG_HYBRID, \"checked_n\": $CHECK_N, \"checked_temperature\": 0.8, \"bleu_samples\": $BLEU_N, \"humaneval_problems\": $HE_N, \"max_new_tokens\": $NEW, \"batch_size\": $BATCH, \"timeout\": 10.0, \"device\": \"$DEV\", \"combined\": ${COMBINED:-true}, \"require_body\": true}"
+  AUG="{\"run\": \"$W/lm\", \"corpus\": \"$CORPUS\", \"index\": \"$W/index\", \"plain\": \"$W/eval\", \"out\": \"$W/augment\", \"name\": \"smollm2-rag-ft\", \"rag_k\": 2, \"rag_hybrid\": $RAG_HYBRID, \"checked_n\": $CHECK_N, \"checked_temperature\": 0.8, \"bleu_samples\": $BLEU_N, \"humaneval_problems\": $HE_N, \"max_new_tokens\": $NEW, \"batch_size\": $BATCH, \"timeout\": 10.0, \"device\": \"$DEV\", \"combined\": ${COMBINED:-true}, \"require_body\": true, \"humaneval_first\": ${HE_FIRST:-false}}"
   timeout "${AUG_S:-420}" "$PY" -m fnbody.pipeline.tasks evaluate_augmented "$AUG"
   say "augment: rc $? $(tr -d '\n ' < "$W/augment/summary.json" 2>/dev/null | head -c 3000)"
   # a run cut short leaves the parts it finished in summary.partial.json ("partial": true)

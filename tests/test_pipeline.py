@@ -105,6 +105,33 @@ def test_second_run_is_cached(tiny_run, capsys):
     assert err.count("up to date (cached), skipping") == 10  # every stage but the report
 
 
+def test_augment_can_score_humaneval_first_with_checked_before_retrieval(tiny_run, tmp_path, monkeypatch):
+    """The order a time-limited GPU run wants: every part is still scored, and each lands in the partial summary as it ends."""
+    import fnbody.generate.run as gen_run
+    from fnbody.pipeline.tasks import evaluate_augmented
+
+    out, _ = tiny_run
+    order, partial_keys = [], []
+    real = gen_run.generate_samples
+
+    def spy(gen, rows, cfg, path, **kw):
+        part = tmp_path / "aug" / "summary.partial.json"
+        partial_keys.append(sorted(json.loads(part.read_text()).get("humaneval", {})) if part.exists() else [])
+        order.append(Path(path).name)
+        return real(gen, rows, cfg, path, **kw)
+
+    monkeypatch.setattr(gen_run, "generate_samples", spy)
+    kw = dict(run=str(out / "lm" / "gpt2-scratch"), corpus=str(out / "corpus"), index=str(out / "index"), plain=str(out / "eval" / "gpt2-scratch"),
+              name="gpt2-scratch", checked_n=2, bleu_samples=4, humaneval_problems=2, max_new_tokens=16, batch_size=4, device="cpu")
+    summary = evaluate_augmented(out=str(tmp_path / "aug"), humaneval_first=True, **kw)
+    assert order == ["humaneval_samples_checked.jsonl", "humaneval_samples_rag.jsonl", "test_samples_rag.jsonl"]
+    assert partial_keys[1] == ["checked", "plain", "problems"] and partial_keys[2] == ["checked", "plain", "problems", "rag"]  # kept as each ends
+    assert set(summary["humaneval"]) == {"problems", "plain", "checked", "rag"} and "rag_vs_plain" in summary["bleu"]
+    order.clear()
+    evaluate_augmented(out=str(tmp_path / "default"), **kw)
+    assert order == ["test_samples_rag.jsonl", "humaneval_samples_rag.jsonl", "humaneval_samples_checked.jsonl"]
+
+
 def test_failing_stage_names_itself_and_its_log(tiny_run):
     out, argv = tiny_run
     with pytest.raises(FnbodyError, match=r"stage 'lm-gpt2-scratch' failed .* see its log: .*lm-gpt2-scratch\.log"):

@@ -96,15 +96,24 @@ def evaluate_generator(run: str, corpus: str, out: str, name: str, bleu_samples:
     return summary
 
 
+def _rag_signature(idx, rag_k: int, rag_hybrid: float) -> str:
+    hybrid_sig = f"+bm25|hybrid:{rag_hybrid:g}" if rag_hybrid > 0 else ""
+    return f"rag:k{rag_k}|index:{idx.info.get('encoder', 'unknown')}-{idx.info.get('count')}{hybrid_sig}|exclude:own-repo"
+
+
 def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, name: str, rag_k: int = 2,
                        rag_budget_tokens: int = 0, rag_hybrid: float = 0.0, checked_n: int = 8, checked_temperature: float = 0.8,
                        bleu_samples: int = 1000, humaneval_problems: int = 0, max_new_tokens: int = 256, batch_size: int = 8,
                        timeout: float = 10.0, seed: int = 0, device: str = "auto", combined: bool = False,
-                       require_body: bool = False) -> dict:
+                       require_body: bool = False, humaneval_first: bool = False) -> dict:
     """Beyond the report: BLEU and pass@1 with retrieval, and pass@1 of the execution-checked top candidate.
 
     With `combined`, HumanEval is also scored for both at once: N candidates sampled with retrieved
     context, then ranked by doctests and log-probability.
+
+    With `humaneval_first`, HumanEval runs before the BLEU part and execution-checked before retrieval:
+    under a time limit (a lent GPU), the part that is cut is then the one that matters least. Each part
+    is kept in summary.partial.json as it finishes, whatever the order.
 
     The baselines (plain greedy BLEU on the same test rows, plain greedy HumanEval pass@1) come
     from the generator's own evaluation folder `plain`, so both sides are scored on identical
@@ -133,58 +142,66 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
                      "decoding": f"greedy|max_new_tokens:{max_new_tokens}|seed:{seed}{'|require_body' if require_body else ''}",
                      "trained_with_context": bool(((read_run_info(run).get("config") or {}).get("data") or {}).get("rag_index"))}
 
-    # --- retrieval on the corpus test split: the same rows as the plain evaluation -------------------
-    rows = load_prompts(corpus, split="test", max_samples=bleu_samples or None)
-    rag = RetrievalAugmentedGenerator(gen, idx, k=rag_k, exclude_repo=repo_lookup(rows), budget_tokens=rag_budget_tokens, hybrid=rag_hybrid)
-    rag_samples = out_dir / "test_samples_rag.jsonl"
-    generate_samples(rag, rows, cfg, rag_samples, reuse_complete=True)
-    got = {s["task_id"]: s["completion"] for s in read_jsonl(rag_samples)}
-    plain_got = {s["task_id"]: s["completion"] for s in read_jsonl(plain_dir / "test_samples.jsonl")}
-    missing = [r["task_id"] for r in rows if r["task_id"] not in plain_got]
-    if missing:
-        raise FnbodyError(f"{plain_dir}: plain samples lack {len(missing)} test rows (first {missing[0]!r}); rerun its evaluation")
-    refs, codes = [r["body"] for r in rows], [r["code"] for r in rows]
-    data_sig = f"data:{Path(corpus).name}/test|n:{len(rows)}"
-    hybrid_sig = f"+bm25|hybrid:{rag_hybrid:g}" if rag_hybrid > 0 else ""
-    sig = f"rag:k{rag_k}|index:{idx.info.get('encoder', 'unknown')}-{idx.info.get('count')}{hybrid_sig}|exclude:own-repo"
-    rag_hyps, plain_hyps = [got[r["task_id"]] for r in rows], [plain_got[r["task_id"]] for r in rows]
-    with_rag, without = bleu_report(rag_hyps, refs, codes)["metrics"], bleu_report(plain_hyps, refs, codes)["metrics"]
-    retrievals = rag.retrieve([r["prompt"] for r in rows], max_new_tokens)
-    summary["bleu"] = {
-        "plain": {k: {**v, "signature": f"{v['signature']}|{data_sig}|model:{name}"} for k, v in without.items()},
-        "rag": {k: {**v, "signature": f"{v['signature']}|{data_sig}|model:{name}|{sig}"} for k, v in with_rag.items()},
-        "own_repo_hits": sum(h["repo"] == r.get("repo") for rt, r in zip(retrievals, rows) for h in rt.hits),
-        "mean_context_functions": sum(len(rt.hits) for rt in retrievals) / max(len(rows), 1),
-    }
-    # Is the change more than resampling noise? (With tens of test rows, BLEU moves by several points.)
-    paired = paired_bleu_test(plain_hyps, rag_hyps, refs)
-    summary["bleu"]["rag_vs_plain"] = {**paired, "signature": f"{paired['signature']}|{data_sig}|model:{name}|{sig}"}
     # Each finished part is kept in summary.partial.json, so a run stopped later (a timeout, a lost machine) still shows what it
     # measured; summary.json, which the report reads, is written only once every part is done.
     partial = out_dir / "summary.partial.json"
-    write_json(partial, {**summary, "partial": True})
 
-    # --- HumanEval: plain greedy (from the plain evaluation), with retrieval, execution-checked --------
-    problems = load_problems()
-    ids = list(problems)[: humaneval_problems or None]
-    he_rows = [{"task_id": i, "prompt": problems[i]["prompt"]} for i in ids]
-    subset = {i: problems[i] for i in ids}
-    label = f"HumanEval first {len(ids)} of 164" if len(ids) < 164 else "HumanEval all 164"
-    summary["humaneval"] = {"problems": label, "plain": base_summary["humaneval"]}
-    he_rag = RetrievalAugmentedGenerator(gen, idx, k=rag_k, budget_tokens=rag_budget_tokens, hybrid=rag_hybrid)
-    check_sig = f"checked:n{checked_n}|T:{checked_temperature:g}|rank:doctests>logprob"
-    configs = [("rag", he_rag, sig), ("checked", ExecutionCheckedGenerator(gen, n_candidates=checked_n, temperature=checked_temperature), check_sig)]
-    if combined:
-        configs.append(("rag+checked", ExecutionCheckedGenerator(he_rag, n_candidates=checked_n, temperature=checked_temperature), f"{sig}|{check_sig}"))
-    for key, g, key_sig in configs:
-        path = out_dir / f"humaneval_samples_{key}.jsonl"
-        generate_samples(g, he_rows, cfg, path, reuse_complete=True)
-        he, results = evaluate_functional_correctness(read_jsonl(path), subset, ks=(1,), timeout=timeout)
-        he["problems"] = label
-        he["signature"] += f"|{key_sig}"
-        summary["humaneval"][key] = he
-        write_jsonl(out_dir / f"humaneval_results_{key}.jsonl", results)
+    def bleu_part() -> None:
+        # --- retrieval on the corpus test split: the same rows as the plain evaluation -------------------
+        rows = load_prompts(corpus, split="test", max_samples=bleu_samples or None)
+        rag = RetrievalAugmentedGenerator(gen, idx, k=rag_k, exclude_repo=repo_lookup(rows), budget_tokens=rag_budget_tokens, hybrid=rag_hybrid)
+        rag_samples = out_dir / "test_samples_rag.jsonl"
+        generate_samples(rag, rows, cfg, rag_samples, reuse_complete=True)
+        got = {s["task_id"]: s["completion"] for s in read_jsonl(rag_samples)}
+        plain_got = {s["task_id"]: s["completion"] for s in read_jsonl(plain_dir / "test_samples.jsonl")}
+        missing = [r["task_id"] for r in rows if r["task_id"] not in plain_got]
+        if missing:
+            raise FnbodyError(f"{plain_dir}: plain samples lack {len(missing)} test rows (first {missing[0]!r}); rerun its evaluation")
+        refs, codes = [r["body"] for r in rows], [r["code"] for r in rows]
+        data_sig = f"data:{Path(corpus).name}/test|n:{len(rows)}"
+        sig = _rag_signature(idx, rag_k, rag_hybrid)
+        rag_hyps, plain_hyps = [got[r["task_id"]] for r in rows], [plain_got[r["task_id"]] for r in rows]
+        with_rag, without = bleu_report(rag_hyps, refs, codes)["metrics"], bleu_report(plain_hyps, refs, codes)["metrics"]
+        retrievals = rag.retrieve([r["prompt"] for r in rows], max_new_tokens)
+        summary["bleu"] = {
+            "plain": {k: {**v, "signature": f"{v['signature']}|{data_sig}|model:{name}"} for k, v in without.items()},
+            "rag": {k: {**v, "signature": f"{v['signature']}|{data_sig}|model:{name}|{sig}"} for k, v in with_rag.items()},
+            "own_repo_hits": sum(h["repo"] == r.get("repo") for rt, r in zip(retrievals, rows) for h in rt.hits),
+            "mean_context_functions": sum(len(rt.hits) for rt in retrievals) / max(len(rows), 1),
+        }
+        # Is the change more than resampling noise? (With tens of test rows, BLEU moves by several points.)
+        paired = paired_bleu_test(plain_hyps, rag_hyps, refs)
+        summary["bleu"]["rag_vs_plain"] = {**paired, "signature": f"{paired['signature']}|{data_sig}|model:{name}|{sig}"}
         write_json(partial, {**summary, "partial": True})
+
+    def humaneval_part() -> None:
+        # --- HumanEval: plain greedy (from the plain evaluation), with retrieval, execution-checked --------
+        problems = load_problems()
+        ids = list(problems)[: humaneval_problems or None]
+        he_rows = [{"task_id": i, "prompt": problems[i]["prompt"]} for i in ids]
+        subset = {i: problems[i] for i in ids}
+        label = f"HumanEval first {len(ids)} of 164" if len(ids) < 164 else "HumanEval all 164"
+        summary["humaneval"] = {"problems": label, "plain": base_summary["humaneval"]}
+        he_rag = RetrievalAugmentedGenerator(gen, idx, k=rag_k, budget_tokens=rag_budget_tokens, hybrid=rag_hybrid)
+        sig = _rag_signature(idx, rag_k, rag_hybrid)
+        check_sig = f"checked:n{checked_n}|T:{checked_temperature:g}|rank:doctests>logprob"
+        configs = [("rag", he_rag, sig), ("checked", ExecutionCheckedGenerator(gen, n_candidates=checked_n, temperature=checked_temperature), check_sig)]
+        if humaneval_first:
+            configs.reverse()
+        if combined:
+            configs.append(("rag+checked", ExecutionCheckedGenerator(he_rag, n_candidates=checked_n, temperature=checked_temperature), f"{sig}|{check_sig}"))
+        for key, g, key_sig in configs:
+            path = out_dir / f"humaneval_samples_{key}.jsonl"
+            generate_samples(g, he_rows, cfg, path, reuse_complete=True)
+            he, results = evaluate_functional_correctness(read_jsonl(path), subset, ks=(1,), timeout=timeout)
+            he["problems"] = label
+            he["signature"] += f"|{key_sig}"
+            summary["humaneval"][key] = he
+            write_jsonl(out_dir / f"humaneval_results_{key}.jsonl", results)
+            write_json(partial, {**summary, "partial": True})
+
+    for part in ((humaneval_part, bleu_part) if humaneval_first else (bleu_part, humaneval_part)):
+        part()
     write_json(out_dir / "summary.json", summary)
     partial.unlink(missing_ok=True)
     return summary
