@@ -14,7 +14,7 @@ import pytest
 from fnbody.cli import main as cli_main
 from fnbody.corpus.build import BuildConfig, build_corpus
 from fnbody.corpus.io import CSN_FIELDS, RECORD_FIELDS, SPLITS, check_corpus, read_split
-from fnbody.corpus.stats import corpus_stats
+from fnbody.corpus.stats import corpus_stats, format_stats
 from fnbody.errors import FnbodyError
 
 CSN_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "csn-python-sample"
@@ -132,6 +132,15 @@ def test_wheel_and_sdist_read_in_place(tmp_path):
     assert {r["repo"] for r in recs} == {"demo", "other_pkg"}
     assert {r["path"] for r in recs} == {"demo/__init__.py", "demo/core.py", "src/other.py"}
     assert m["counts"]["functions"]["final"] == 3 + 1 + 2
+    # A folder of downloaded archives (`pip download -d`): those at its top level are read as their distributions.
+    (tmp_path / "dl" / "deep").mkdir(parents=True)
+    for f in (whl, sdist):
+        (tmp_path / "dl" / f.name).write_bytes(f.read_bytes())
+    make_wheel(tmp_path / "dl" / "deep" / "vendored-9.0-py3-none-any.whl")  # not at the top: not read
+    m2 = build_corpus([str(tmp_path / "dl")], tmp_path / "out2", cfg())
+    assert {r["repo"] for r in all_records(tmp_path / "out2")} == {"demo", "other_pkg"} and m2["counts"]["functions"]["final"] == 6
+    m3 = build_corpus([str(tmp_path / "dl"), str(tmp_path / "dl" / whl.name)], tmp_path / "out3", cfg())  # named twice: read once
+    assert m3["counts"]["files"]["archives_and_jsonl"] == 2 and m3["counts"]["functions"]["extracted"] == m2["counts"]["functions"]["extracted"]
 
 
 def bad_sources(tmp_path: Path) -> Path:
@@ -257,6 +266,9 @@ def test_extend_adds_to_train_only_and_keeps_eval_byte_for_byte(tmp_path, capsys
     assert m["counts"]["splits"]["train"]["records"] == len(train) == bm["counts"]["splits"]["train"]["records"] + 4
     assert m["extends"]["content_hash"] == bm["content_hash"] and m["extends"]["added"] == {"train": 4, "repos": 1}
     assert m["files"][f"train/python_train_{len(list((base / 'train').glob('*.gz')))}.jsonl.gz"]["records"] == 4
+    st = corpus_stats(out)
+    assert st["extends"]["added_train"] == 4 and st["extends"]["base_content_hash"] == bm["content_hash"]
+    assert "train +4 records from 1 repos" in format_stats(st) and "extends" not in corpus_stats(base)
 
 
 def test_extend_refuses_bad_requests(tmp_path):

@@ -202,6 +202,47 @@ def test_search_epoch_cap_never_stretches_an_encoders_recipe_and_settings_win(tm
     assert (t.max_epochs, t.max_steps) == (demo.search.max_epochs, demo.search.max_steps)
 
 
+def test_extra_train_sources_extend_the_corpus_stage_and_the_report_says_so(tmp_path):
+    import subprocess
+
+    from fnbody.config import apply_overrides
+    from fnbody.corpus.io import read_split
+    from fnbody.pipeline.report import write_report
+    from fnbody.pipeline.run import build_stages
+
+    def module(name: str, n: int) -> str:  # as tests/test_corpus_build.py's: n functions, no two of them near duplicates
+        return "".join(f"def {name}_f{i}(a, b):\n    \"\"\"Combine a and b with rule {i} for {name}.\"\"\"\n"
+                       f"    c = a * {i} + b - {name!r}.count('x')\n    d = [c] * {i + 1}\n    return sum(d) + len('{name}{i}')\n\n"
+                       for i in range(n))
+
+    srcs = []
+    for i in range(12):
+        (tmp_path / "src" / f"repo_{i}").mkdir(parents=True)
+        (tmp_path / "src" / f"repo_{i}" / "m.py").write_text(module(f"r{i}", 3))
+        srcs.append(str(tmp_path / "src" / f"repo_{i}"))
+    (tmp_path / "more" / "extra").mkdir(parents=True)
+    (tmp_path / "more" / "extra" / "x.py").write_text(module("extra", 3))
+    out = tmp_path / "run"
+    cfg = apply_overrides(load_preset("tiny"), [f"corpus.sources={json.dumps(srcs)}", "corpus.max_files=0", "corpus.jobs=1",
+                                                f"corpus.extra_train_sources={json.dumps([str(tmp_path / 'more' / 'extra')])}"])
+    stage = build_stages(cfg, out)[0]
+    cmds = stage.commands(False)
+    assert stage.name == "corpus" and len(cmds) == 3
+    assert "--extend" in cmds[1] and str(out / "corpus-base") in cmds[1] and str(out / "corpus") in cmds[1]
+    for cmd in cmds:
+        subprocess.run(cmd, check=True, capture_output=True)
+    base_test, test = list(read_split(out / "corpus-base", "test")), list(read_split(out / "corpus", "test"))
+    assert test == base_test and len(test) > 0
+    train = list(read_split(out / "corpus", "train"))
+    assert sum(r["repo"] == "extra" for r in train) == 3 == len(train) - len(list(read_split(out / "corpus-base", "train")))
+    stats = json.loads((out / "corpus_stats.json").read_text())
+    assert stats["extends"]["added_train"] == 3 and stats["extends"]["added_repos"] == 1
+    write_report(out)
+    assert "+3 functions from 1 repos over the base corpus" in (out / "report.md").read_text()
+    # Without extra sources the stage builds the corpus directly, as before.
+    assert "--extend" not in build_stages(load_preset("tiny"), out)[0].commands(False)[0]
+
+
 def test_retrieval_index_stage_feeds_context_training_and_augment(tmp_path):
     from fnbody.config import apply_overrides
     from fnbody.pipeline.run import build_stages

@@ -20,7 +20,7 @@ def register(sub, groups) -> None:
         "filters, deduplicate, split by repo and write CSN-layout shards plus manifest.json. With no SOURCE: the "
         "running interpreter's standard library and site-packages.",
     )
-    b.add_argument("sources", nargs="*", metavar="SOURCE", help="folder, .py, wheel/zip/tar.gz/tgz, or CSN jsonl(.gz); default: stdlib + site-packages")
+    b.add_argument("sources", nargs="*", metavar="SOURCE", help="folder (its .py files, and the wheels/sdists directly in it), .py, wheel/zip/tar.gz/tgz, or CSN jsonl(.gz); default: stdlib + site-packages")
     b.add_argument("--out", required=True, metavar="DIR", help="corpus folder to write (replaced atomically)")
     b.add_argument("-j", "--jobs", type=int, default=0, help="worker processes (default: all cores)")
     b.add_argument("--seed", type=int, default=0, help="seed of the repo hash that assigns splits (default 0)")

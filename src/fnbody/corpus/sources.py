@@ -1,4 +1,4 @@
-"""Where Python source comes from: folders, single files, wheels/zips/sdists read in place, CSN jsonl.
+"""Where Python source comes from: folders (and the archives directly in them), single files, wheels/zips/sdists read in place, CSN jsonl.
 
 `plan_sources` turns the command line's SOURCE arguments into picklable tasks for the worker
 pool; `read_task_files` yields each task's (path-in-repo, repo, bytes) without ever extracting an
@@ -134,6 +134,15 @@ def plan_sources(sources: list[str], max_files: int | None = None) -> Plan:
     """Turn SOURCE arguments (or the default: stdlib + site-packages) into worker tasks."""
     plan = Plan()
     disk: list[tuple[str, str, str]] = []
+    archives: set[str] = set()
+
+    def add_archive(path: Path) -> None:  # once each, also when named both alone and through its folder
+        key = os.path.realpath(path)
+        if key not in archives:
+            archives.add(key)
+            plan.tasks.append(SourceTask(kind="archive", path=str(path), repo=distribution_name(path.name)))
+            plan.sources.append({"kind": "archive", "path": str(path), "repo": distribution_name(path.name)})
+
     if not sources:
         for kind, root in default_roots():
             owners = site_packages_owners(root) if kind == "site-packages" else {}
@@ -150,11 +159,15 @@ def plan_sources(sources: list[str], max_files: int | None = None) -> Plan:
             repo = p.resolve().name or str(p)
             disk.extend((full, repo, rel) for full, rel in _walk(str(p), plan))
             plan.sources.append({"kind": "dir", "path": str(p), "files": len(disk) - n0})
+            # Archives directly inside (a `pip download -d DIR` folder) are read as their own distributions; deeper ones
+            # (a repo's vendored wheels, test fixtures) are not.
+            for entry in sorted(p.iterdir()):
+                if entry.is_file() and is_archive(entry.name):
+                    add_archive(entry)
         elif not p.exists() and not p.is_symlink():
             raise FnbodyError(f"{src}: source not found (expected a folder, .py file, wheel/zip/tar.gz/tgz, or CSN .jsonl/.jsonl.gz)")
         elif is_archive(src):
-            plan.tasks.append(SourceTask(kind="archive", path=str(p), repo=distribution_name(src)))
-            plan.sources.append({"kind": "archive", "path": str(p), "repo": distribution_name(src)})
+            add_archive(p)
         elif is_csn(src):
             plan.tasks.append(SourceTask(kind="csn", path=str(p)))
             plan.sources.append({"kind": "csn", "path": str(p)})

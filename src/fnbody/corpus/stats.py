@@ -50,6 +50,10 @@ def corpus_stats(corpus_dir: str | Path, plots_dir: str | Path | None = None, to
         "top_repos": [[repo, n] for repo, n in repos.most_common(top)],
         "signature": f"corpus-stats|tok:python-tokenize,csn-docstring-regex|n:{len(code_len)}|{manifest.get('content_hash')}|fnbody:{manifest.get('version')}",
     }
+    if manifest.get("extends"):  # built with --extend: say what the train split gained over which base
+        ext = manifest["extends"]
+        stats["extends"] = {"base": ext.get("corpus"), "base_content_hash": ext.get("content_hash"), "added_train": ext["added"]["train"],
+                            "added_repos": ext["added"]["repos"]}
     if plots_dir is not None:
         from fnbody.plots import plot_histograms
 
@@ -66,6 +70,10 @@ def format_stats(st: dict) -> str:
     for split, s in st["splits"].items():
         lines.append(f"  {split:<6} {s['records']:>8} records  {s['repos']:>5} repos")
     lines.append(f"  total  {st['records']:>8} records  {st['repos']:>5} repos")
+    if st.get("extends"):
+        e = st["extends"]
+        lines.append(f"  extends {e['base']} ({e['base_content_hash']}): train +{e['added_train']} records from {e['added_repos']} repos; "
+                     "valid and test are the base's")
     for key, label in (("code_tokens", "code tokens"), ("docstring_tokens", "docstring tokens")):
         s = st[key]
         lines.append(f"{label}: median {s['median']}, p95 {s['p95']}, mean {s['mean']}, max {s['max']}")

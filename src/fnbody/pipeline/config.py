@@ -22,6 +22,9 @@ class CorpusStage:
     max_files: int = field(default=0, metadata={"help": "cap on source files read (0 = all)"})
     jobs: int = field(default=0, metadata={"help": "parallel workers (0 = all cores)"})
     seed: int = field(default=0, metadata={"help": "split seed"})
+    extra_train_sources: list[str] = field(default_factory=list, metadata={
+        "help": "more sources (e.g. downloaded wheels) added to the train split only, by `corpus build --extend`: "
+                "valid and test stay the base's"})
 
 
 @dataclass

@@ -60,6 +60,10 @@ def _corpus_section(out: Path, rep: dict, md: list[str]) -> None:
     md.append("| split | functions | repos |\n|---|---:|---:|")
     for split, s in stats["splits"].items():
         md.append(f"| {split} | {s['records']} | {s['repos']} |")
+    if stats.get("extends"):
+        e = stats["extends"]
+        md.append(f"\nThe train split is extended (`corpus.extra_train_sources`): +{e['added_train']} functions from {e['added_repos']} repos "
+                  f"over the base corpus ({e['base_content_hash']}), whose valid and test splits are kept unchanged.")
     ct, dt = stats["code_tokens"], stats["docstring_tokens"]
     md.append("\n| length (tokens) | fnbody median | fnbody p95 | report |\n|---|---:|---:|---|")
     md.append(f"| code | {_fmt(ct['median'], 0)} | {_fmt(ct['p95'], 0)} | median 60–100, p95 ~350 |")

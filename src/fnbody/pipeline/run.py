@@ -71,10 +71,16 @@ def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
     stages: list[Stage] = []
 
     c = cfg.corpus
+    # With extra_train_sources the base is built beside the corpus and extended into it: every later stage trains on
+    # the larger train split and evaluates on the base's valid and test, unchanged.
+    base = out / "corpus-base" if c.extra_train_sources else corpus
+    build = [fnbody_cmd("corpus", "build", *c.sources, "--out", base, "--seed", c.seed, *_caps(max_files=c.max_files, jobs=c.jobs))]
+    if c.extra_train_sources:
+        build.append(fnbody_cmd("corpus", "build", *c.extra_train_sources, "--extend", base, "--out", corpus, *_caps(jobs=c.jobs)))
     stages.append(Stage(
         "corpus", to_dict(c),
         lambda resume: [
-            fnbody_cmd("corpus", "build", *c.sources, "--out", corpus, "--seed", c.seed, *_caps(max_files=c.max_files, jobs=c.jobs)),
+            *build,
             task_cmd("corpus_statistics", corpus=str(corpus), out=str(out / "corpus_stats.json"), plots=str(out / "figures")),
         ],
         outputs=[corpus / "manifest.json", out / "corpus_stats.json"], workdir=None,
