@@ -34,16 +34,18 @@
 # COMBINED=false ZS_DEADLINE=0 HE_FIRST=true under `timeout 580` (train ~260 s, plain ~90 s, then checked N=16, estimated
 # ~230 s, then retrieval ~70 s, may be cut); if it is, at once (the machine stays warm 30 s) the same command with
 # EVAL_ONLY=1 finishes it.
-# Plan for issue 4 on the extended corpus (`fnbody corpus build WHEELS --extend BASE`: train 43k -> 120k pairs, the same valid
-# and test; RESULTS.md "extended corpus"), three calls on one warm machine, all data carried from this repo's ignored folders:
-#   carry .gpu1: mkdir -p /tmp/g && cp -r .gpu1/corpus /tmp/g/                       (the base corpus, 31 MB)
-#   carry .gpu5: cp -r /tmp/g/corpus /tmp/g/corpus_ext && cp .gpu5/python_train_*.jsonl.gz /tmp/g/corpus_ext/train/ &&
-#                cp .gpu5/manifest.json /tmp/g/corpus_ext/ && cp -r .gpu5/csn-python-sample /tmp/g/   (its new train shards)
-#   carry .gpu6: PHASE=search CORPUS=/tmp/g/corpus_ext MINILM=.gpu6/minilm FROZEN=0 INDEX=0 MINILM_S=200
-#                MINILM_VARIANTS="ext-b256:256:5e-5:256:2 ext-b512:512:1e-4:256:2" GPU_DATA=/tmp/g GPU_WORK=/tmp/w
-#                timeout 560 bash benchmarks/gpu_augment.sh   (.gpu6/minilm: all-MiniLM-L6-v2 in fp16, 45 MB)
-#   Estimated: start ~90 s, two carry calls ~30 s each, training 200 s + loading, evaluation and fusion ~150 s: ~9 min,
-#   leaving no room for phase lm in the same 15 minutes. The tuned weights come home as fp16 parts (see step 2 below).
+# Plan for issue 4 on the extended corpus (`fnbody corpus build WHEELS --extend BASE` with benchmarks/extra_packages*.txt:
+# train 43k -> 232k pairs, the same valid and test; RESULTS.md "more training data"), three calls on one warm machine, the
+# data carried from this repo's ignored folders (64 MiB a call) and checked against the corpus manifest's sha256s:
+#   carry .gpu5: mkdir -p /tmp/g && cp -r .gpu5/corpus /tmp/g/corpus_ext && cp .gpu5/ext/*.gz /tmp/g/corpus_ext/train/
+#   carry .gpu7: cp .gpu7/ext/*.gz /tmp/g/corpus_ext/train/ && cp .gpu7/manifest.json /tmp/g/corpus_ext/ &&
+#                cp -r .gpu7/csn-python-sample /tmp/g/
+#   carry .gpu6: cp .gpu6/ext/*.gz /tmp/g/corpus_ext/train/ && PHASE=search CORPUS=/tmp/g/corpus_ext MINILM=.gpu6/minilm
+#                FROZEN=0 INDEX=0 MINILM_S=200 MINILM_VARIANTS="x2-b256:256:5e-5:256:1 x2-b512:512:8e-5:256:1"
+#                GPU_DATA=/tmp/g GPU_WORK=/tmp/w timeout 560 bash benchmarks/gpu_augment.sh
+#   (.gpu6/minilm: all-MiniLM-L6-v2 in fp16.) Estimated: start ~90 s, two carry calls ~30 s each, reading and tokenising
+#   ~60 s, one epoch of 232k pairs per variant ~150-200 s, evaluation and fusion ~90 s: ~10 min, leaving no room for
+#   phase lm in the same 15 minutes. The chosen variant's weights come home as fp16 parts (step 2 below).
 # Results land in $OUT (default /tmp/gpu_augment_out): log.txt, search.json, lm_metrics.jsonl, eval_summary.json,
 # augment_summary.json, zeroshot.json, lm_curves.png, search_curves.png and outputs.tar.gz (samples and results).
 set -uo pipefail
@@ -102,6 +104,18 @@ FN=("$PY" -m fnbody.cli)
 say "python: $("$PY" -c 'import sys, torch, transformers; print(sys.version.split()[0], "torch", torch.__version__, "transformers", transformers.__version__, "cuda", torch.cuda.is_available())')"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 [ -f "$CORPUS/manifest.json" ] || { say "no corpus at $CORPUS"; exit 2; }
+if [ -z "$SMOKE" ]; then  # a corpus carried over in parts: every shard must be the one its manifest names
+  "$PY" - "$CORPUS" <<'EOF' || { say "corpus $CORPUS: shards do not match its manifest"; exit 2; }
+import hashlib, json, sys
+from pathlib import Path
+c = Path(sys.argv[1])
+files = json.loads((c / "manifest.json").read_text()).get("files", {})
+bad = [n for n, f in files.items() if not (c / n).is_file() or hashlib.sha256((c / n).read_bytes()).hexdigest() != f["sha256"]]
+extra = sorted(str(p.relative_to(c)) for p in c.glob("*/*.jsonl.gz") if str(p.relative_to(c)) not in files)
+print(f"corpus {c}: {len(files)} shards checked against its manifest; missing or different: {bad}; not in it: {extra}")
+sys.exit(1 if bad or extra else 0)
+EOF
+fi
 
 evaluate_run() {  # run folder -> run/eval.json (CSN protocol on test, and the real CSN rows)
   timeout 300 "$PY" -m fnbody.pipeline.tasks evaluate_search_run \
