@@ -13,6 +13,10 @@ Prints each MRR and the ratio to the dense baseline measured in the same run.
 Run: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/search_fusion.py --corpus DIR --run RUN [--test-index INDEX] [--device cuda]
 (`--test-index`: an index of exactly the test split made with RUN, to reuse its code vectors.)
 
+`--second RUN2`: instead, three rankers fused: z(dense RUN) + wn * z(dense RUN2) + wb * z(BM25), (wn, wb) chosen on the
+first `--valid-n` valid pairs from a grid fixed here (wn 0-0.5, wb 0-0.2), test read once; baselines in the same run: RUN
+alone and RUN + BM25 at its own valid-chosen weight. E.g. the tuned MiniLM with an NBoW trained on an extended corpus.
+
 `--latency ROWS --test-index INDEX`: instead of the MRRs, the per-query ranking latency of hybrid search
 (`SearchIndex.search_hybrid`, w 0.3, warm: z-scores from the rows' moments, int8 scores bounding which rows to rescore in
 fp32) and of the same search scanning every row in fp32 (as a cold or small index does, and as every index did before),
@@ -38,6 +42,7 @@ def main() -> int:
     ap.add_argument("--valid-n", type=int, default=4000, help="valid pairs the fusion weight is chosen on (CSN batches of 1000)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="where the dense run embeds: cpu, cuda, auto (scoring stays on the CPU)")
+    ap.add_argument("--second", metavar="RUN2", help="also fuse this second dense run (weights chosen on valid)")
     ap.add_argument("--latency", type=int, metavar="ROWS", help="time hybrid vs dense queries over >= ROWS rows instead (needs --test-index)")
     ap.add_argument("--queries", type=int, default=200, help="--latency: test docstrings timed as queries")
     ap.add_argument("--int8", action="store_true", help="--latency: the int8 query encoder (for the end-to-end rows)")
@@ -46,6 +51,8 @@ def main() -> int:
         if not args.test_index:
             sys.exit("--latency needs --test-index")
         return latency(args)
+    if args.second:
+        return three_way(args)
 
     import torch
 
@@ -87,6 +94,65 @@ def main() -> int:
     print(f"dense {emb.cfg.encoder}: test MRR {base:.4f}  (baseline)  {sig}")
     print(f"bm25 (no training):     test MRR {mrr['bm25']:.4f}  = {mrr['bm25'] / base:.2f}x the dense run")
     print(f"fusion, w={w:g} (valid): test MRR {mrr['fusion']:.4f}  = {mrr['fusion'] / base:.3f}x the dense run")
+    return 0
+
+
+SECOND_GRID = (0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
+BM25_GRID = (0, 0.05, 0.1, 0.15, 0.2)
+
+
+def three_way(args) -> int:
+    """MRR of z(RUN) + wn z(RUN2) + wb z(BM25) on test, (wn, wb) chosen on valid; RUN alone and RUN + BM25 as baselines."""
+    import itertools
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from fnbody.corpus.io import read_split
+    from fnbody.search.embed import Embedder
+    from fnbody.search.evaluate import embed_records
+    from fnbody.search.lexical import IDF, pair_scores, zscore
+    from fnbody.search.metrics import CSN_EVAL_BATCH
+
+    B = CSN_EVAL_BATCH
+    t0 = time.perf_counter()
+    embs = [Embedder.load(r, args.device) for r in (args.run, args.second)]
+    idf = IDF.from_documents(r["code_tokens"] for r in read_split(args.corpus, "train"))
+    z: dict[str, dict[str, np.ndarray]] = {}
+    for split, n in (("valid", args.valid_n), ("test", None)):
+        rows = read_split(args.corpus, split, n)
+        rows = rows[: len(rows) // B * B]
+        if not rows:
+            sys.exit(f"{args.corpus}: {split} has fewer than {B} pairs")
+        blocks = [rows[i:i + B] for i in range(0, len(rows), B)]
+        z[split] = {"bm25": np.stack([zscore(pair_scores([r.get("docstring_tokens") or [] for r in b],
+                                                         [r.get("code_tokens") or [] for r in b], idf)) for b in blocks])}
+        for name, emb in zip(("first", "second"), embs):
+            q, c = embed_records(emb, rows)
+            z[split][name] = np.stack([zscore(q[i:i + B] @ c[i:i + B].T) for i in range(0, len(rows), B)])
+    print(f"embedded and scored in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+    def mrr(S: np.ndarray) -> float:
+        return float(np.mean([np.mean(1.0 / (M >= np.diag(M)[:, None]).sum(1)) for M in S]))
+
+    def score(split: str, wn: float, wb: float) -> float:
+        return mrr(z[split]["first"] + wn * z[split]["second"] + wb * z[split]["bm25"])
+
+    grid = {(wn, wb): score("valid", wn, wb) for wn, wb in itertools.product(SECOND_GRID, BM25_GRID)}
+    wn, wb = max(grid, key=lambda k: (grid[k], -k[0], -k[1]))  # ties: the smaller weights
+    wb_only = max(BM25_GRID, key=lambda w: (grid[(0, w)], -w))
+    base = score("test", 0, 0)
+    n_test = z["test"]["first"].shape[0] * B
+    print(f"valid (first {z['valid']['first'].shape[0] * B} pairs, CSN batches): RUN alone {grid[(0, 0)]:.4f}, "
+          f"+ BM25 (wb {wb_only:g}) {grid[(0, wb_only)]:.4f}, three-way (wn {wn:g}, wb {wb:g}) {grid[(wn, wb)]:.4f}")
+    print(f"test (CSN protocol, n={n_test}):")
+    rows = [(f"RUN ({embs[0].cfg.encoder}) alone: baseline", base), (f"RUN2 ({embs[1].cfg.encoder}) alone", mrr(z["test"]["second"])),
+            (f"RUN + BM25, wb {wb_only:g}", score("test", 0, wb_only)), (f"RUN + RUN2 + BM25, wn {wn:g}, wb {wb:g}", score("test", wn, wb))]
+    for label, m in rows:
+        print(f"  {label:<40} MRR {m:.4f} = {m / base:.3f}x")
+    print(f"signature: MRR|protocol:csn1000|n:{n_test}|data:{args.corpus.rstrip('/').split('/')[-1]}/test|"
+          f"fusion:z({embs[0].cfg.encoder}:{embs[0].fingerprint[:12]})+w{wn:g}z({embs[1].cfg.encoder}:{embs[1].fingerprint[:12]})"
+          f"+w{wb:g}z(bm25)(valid:csn1000:{z['valid']['first'].shape[0] * B})")
     return 0
 
 
