@@ -43,8 +43,9 @@
 #   carry .gpu6: cp .gpu6/ext/*.gz /tmp/g/corpus_ext/train/ && PHASE=search CORPUS=/tmp/g/corpus_ext MINILM=.gpu6/minilm
 #                FROZEN=0 INDEX=0 MINILM_S=200 MINILM_VARIANTS="x2-b256:256:5e-5:256:1 x2-b512:512:8e-5:256:1"
 #                GPU_DATA=/tmp/g GPU_WORK=/tmp/w timeout 560 bash benchmarks/gpu_augment.sh
-#   (.gpu6/minilm: all-MiniLM-L6-v2 in fp16.) Estimated: start ~90 s, two carry calls ~30 s each, reading and tokenising
-#   ~60 s, one epoch of 232k pairs per variant ~150-200 s, evaluation and fusion ~90 s: ~10 min, leaving no room for
+#   (.gpu6/minilm: all-MiniLM-L6-v2 in fp16.) Estimated: start ~90 s, two carry calls ~30 s each, reading (12 s on the dev
+#   box) and tokenising (single-threaded here, as TOKENIZERS_PARALLELISM=false: ~100 s on the dev box for 232k pairs) ~60-110 s,
+#   one epoch of 232k pairs per variant ~150-200 s, evaluation and fusion ~90 s: ~10-11 min, leaving no room for
 #   phase lm in the same 15 minutes. The chosen variant's weights come home as fp16 parts (step 2 below).
 # Results land in $OUT (default /tmp/gpu_augment_out): log.txt, search.json, lm_metrics.jsonl, eval_summary.json,
 # augment_summary.json, zeroshot.json, lm_curves.png, search_curves.png and outputs.tar.gz (samples and results).
