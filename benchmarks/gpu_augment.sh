@@ -44,8 +44,8 @@
 #                FROZEN=0 INDEX=0 MINILM_S=200 MINILM_VARIANTS="x2-b256:256:5e-5:256:1 x2-b512:512:8e-5:256:1"
 #                GPU_DATA=/tmp/g GPU_WORK=/tmp/w timeout 560 bash benchmarks/gpu_augment.sh
 #   (.gpu6/minilm: all-MiniLM-L6-v2 in fp16.) Estimated: start ~90 s, two carry calls ~30 s each, reading (12 s on the dev
-#   box) and tokenising (single-threaded here, as TOKENIZERS_PARALLELISM=false: ~100 s on the dev box for 232k pairs) ~60-110 s,
-#   one epoch of 232k pairs per variant ~150-200 s, evaluation and fusion ~90 s: ~10-11 min, leaving no room for
+#   box) and tokenising (~100 s for 232k pairs on one dev-box thread; the fine-tuning processes tokenise in parallel, as they
+#   never fork) ~30-60 s, one epoch of 232k pairs per variant ~150-200 s, evaluation and fusion ~90 s: ~10 min, leaving no room for
 #   phase lm in the same 15 minutes. The chosen variant's weights come home as fp16 parts (step 2 below).
 # Results land in $OUT (default /tmp/gpu_augment_out): log.txt, search.json, lm_metrics.jsonl, eval_summary.json,
 # augment_summary.json, zeroshot.json, lm_curves.png, search_curves.png and outputs.tar.gz (samples and results).
@@ -158,7 +158,7 @@ if [ "$PHASE" = search ] || [ "$PHASE" = all ]; then
         $MINILM_CAP --set train.show_progress=false > "$W/search/minilm.log" 2>&1 && evaluate_run "$W/search/minilm"
     say "minilm frozen: rc $? $(tail -c 300 "$W/search/minilm/eval.json" 2>/dev/null | tr -d '\n' | head -c 300)"
   fi
-  # 2. Fine-tuned variants, side by side on the one GPU (a 22M model leaves an H100 mostly idle). Each NAME:BATCH:LR:CODE_LEN:EPOCHS
+  # 2. Fine-tuned variants, side by side on the one GPU (their tokenizers run multi-threaded: training forks no workers) (a 22M model leaves an H100 mostly idle). Each NAME:BATCH:LR:CODE_LEN:EPOCHS
   #    is in-batch softmax with a cosine schedule over EPOCHS, best checkpoint by valid MRR. The variant with the best valid MRR
   #    (never test) becomes phase lm's retriever and comes home. Each is scored on test: dense (CSN protocol, and the real CSN
   #    rows) and fused with BM25 at the weight its valid pairs choose (benchmarks/search_fusion.py).
@@ -166,7 +166,7 @@ if [ "$PHASE" = search ] || [ "$PHASE" = all ]; then
   for v in $VARIANTS; do
     IFS=: read -r name bs lr clen ep <<< "$v"
     say "$name: fine-tune ${MINILM_S}s (batch $bs, lr $lr, code $clen wordpieces, $ep epochs)"
-    ( timeout $(( MINILM_S + 300 )) "${FN[@]}" train search --corpus "$CORPUS" --encoder minilm --finetune --pretrained "$MINILM" \
+    ( TOKENIZERS_PARALLELISM=true timeout $(( MINILM_S + 300 )) "${FN[@]}" train search --corpus "$CORPUS" --encoder minilm --finetune --pretrained "$MINILM" \
         --out "$W/search/$name" --device "$DEV" $MINILM_CAP --set train.batch_size="$bs" --set train.lr="$lr" \
         --set model.code_max_len="$clen" --set train.max_epochs="$ep" --set train.warmup_steps=60 --set train.eval_every=60 \
         --set train.patience=6 --set train.max_seconds="$MINILM_S" --set train.show_progress=false > "$W/search/$name.log" 2>&1 \
