@@ -192,6 +192,25 @@ def test_token_budget_counts_each_piece_once_and_agrees_with_whole_text_counting
         assert len(exact[1]) - 1 <= len(fast[1]) <= len(exact[1])
     assert build_context(hits, prompt, 2, TokenBudget(count, 200))[1] == build_context(hits, prompt, 2, lambda t: count(t) <= 200)[1]
 
+    # Batched counting for training contexts: the same contexts, with the pieces counted in one call per batch.
+    recs = [{"repo": "mine", "prompt": f'def g{i}(a, b):\n    """Add a to b, way {i}."""\n', "body": "    return a + b\n"} for i in range(5)]
+    index = FakeIndex(hits)
+    batches = []
+
+    def count_many(texts):
+        batches.append(len(texts))
+        return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+
+    for limit in (120, 400):
+        plain = training_contexts(recs, index, k=2, fits=TokenBudget(count, limit))
+        calls.clear()
+        batches.clear()
+        batched = TokenBudget(count, limit, count_many=count_many)
+        assert training_contexts(recs, index, k=2, fits=batched, batch=3) == plain and any(plain)
+        assert len(batches) == 2, batches  # one counting call per batch of records (5 records, batches of 3)
+        assert len(calls) <= 1, calls  # beyond the prefetched pieces, at most a stray one counted alone
+    TokenBudget(count, 10).prefetch(["x"])  # without count_many: nothing, no error
+
 
 # ----- execution checking -------------------------------------------------------------------------
 

@@ -55,9 +55,22 @@ class TokenBudget:
     a boundary. It may refuse a context a token or two early, never admit one much over the limit.
     """
 
-    def __init__(self, count: Callable[[str], int], limit: int, slack: int = 2, max_cached: int = 200_000) -> None:
+    def __init__(self, count: Callable[[str], int], limit: int, slack: int = 2, max_cached: int = 200_000,
+                 count_many: Callable[[list[str]], list[int]] | None = None) -> None:
         self.count, self.limit, self.slack, self.max_cached = count, limit, slack, max_cached
+        self.count_many = count_many  # one tokenizer call for many pieces (1.5x faster single-threaded, more with threads)
         self._counts: dict[str, int] = {}
+
+    def prefetch(self, pieces: Sequence[str]) -> None:
+        """Count the uncached `pieces` in one `count_many` call (a no-op without it); later checks hit the cache."""
+        if self.count_many is None:
+            return
+        todo = list(dict.fromkeys(p for p in pieces if p not in self._counts))
+        if not todo:
+            return
+        if len(self._counts) + len(todo) > self.max_cached:
+            self._counts.clear()
+        self._counts.update(zip(todo, self.count_many(todo)))
 
     def tokens(self, piece: str) -> int:
         n = self._counts.get(piece)
@@ -214,11 +227,15 @@ def training_contexts(records: Sequence[dict], index, k: int, fits: Callable[[st
 
     out: list[str] = []
     fetch = min(k + FETCH_EXTRA, len(index))
+    prefetch = getattr(fits, "prefetch", None)
     for s in progress(range(0, len(records), batch), desc="retrieve context", total=(len(records) + batch - 1) // batch, unit="batch"):
         part = records[s:s + batch]
         hits = query_all(index, [query_text(r["prompt"]) for r in part], fetch, hybrid)
+        allowed_all = []
         for r, hs in zip(part, hits):
             own = _normalise(r.get("code") or r["prompt"] + r.get("body", ""))
-            allowed = [h for h in hs if h.get("repo") != r.get("repo") and _normalise(h.get("code") or "") != own]
-            out.append(build_context(allowed, r["prompt"], k, fits)[0])
+            allowed_all.append([h for h in hs if h.get("repo") != r.get("repo") and _normalise(h.get("code") or "") != own])
+        if prefetch is not None:  # the pieces build_context will most likely count: each prompt and its first hits' blocks
+            prefetch([p for r, allowed in zip(part, allowed_all) for p in (r["prompt"], *(_block(h) for h in allowed[:k + 2]))])
+        out.extend(build_context(allowed, r["prompt"], k, fits)[0] for r, allowed in zip(part, allowed_all))
     return out

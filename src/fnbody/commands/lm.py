@@ -179,7 +179,8 @@ def _rag_contexts(data: LMDataConfig, tokenizer, device: str = "cpu"):
     check_hybrid(index, data.rag_hybrid)
     budget = data.rag_budget_tokens or data.block_size // 2
 
-    fits = TokenBudget(lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]), budget)
+    fits = TokenBudget(lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]), budget,
+                       count_many=lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]])
 
     key = f"rag|index:{index.info['model_fingerprint'][:16]}|count:{len(index)}|k:{data.rag_k}|budget:{budget}|fraction:{data.rag_fraction:g}|fit:pieces"
     if data.rag_hybrid > 0:  # dense-only keys stay as they were, so existing caches still match
