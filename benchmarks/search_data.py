@@ -60,12 +60,10 @@ def main() -> None:
     from fnbody.errors import FnbodyError
     from fnbody.search.evaluate import evaluate_search
 
-    base_m = check_corpus(args.base)
     corpora = [args.base, *args.extended]
-    for c in args.extended:
-        m = check_corpus(c)
-        ext = m.get("extends") or {}
-        if ext.get("content_hash") != base_m.get("content_hash"):
+    manifests = [check_corpus(c) for c in corpora]
+    for c, m in zip(args.extended, manifests[1:]):
+        if (m.get("extends") or {}).get("content_hash") != manifests[0].get("content_hash"):
             raise FnbodyError(f"{c}: not built with `fnbody corpus build --extend {args.base}` (its manifest names another base), "
                               "so its test split may differ; the comparison needs the same test")
     threads = args.threads or max(1, 2 // args.jobs)
@@ -77,14 +75,13 @@ def main() -> None:
                            zip(corpora, names)))
 
     rows = []
-    for c, name, s in zip(corpora, names, secs):
+    for c, m, name, s in zip(corpora, manifests, names, secs):
         run = args.out / name
         ev = evaluate_search(run, c, hybrid="auto")
         metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
         valid = [x for x in metrics if "valid_mrr" in x]
         best = max(valid, key=lambda x: x["valid_mrr"]) if valid else {}
-        train_n = sum(v["records"] for k, v in check_corpus(c)["counts"]["splits"].items() if k == "train")
-        rows.append({"corpus": str(c), "train_pairs": train_n, "seconds": None if s is None else round(s, 1),
+        rows.append({"corpus": str(c), "train_pairs": m["counts"]["splits"]["train"]["records"], "seconds": None if s is None else round(s, 1),
                      "epochs": max((x.get("epoch", 0) for x in metrics), default=0), "best_valid_mrr": best.get("valid_mrr"),
                      "best_epoch": best.get("epoch"), "test_mrr": ev["csn_protocol"]["mrr"], "signature": ev["csn_protocol"]["signature"],
                      "bm25": ev.get("bm25", {}).get("mrr"), "fused": ev.get("fusion", {}).get("mrr"),

@@ -112,7 +112,7 @@ def three_way(args) -> int:
     from fnbody.search.embed import Embedder
     from fnbody.search.evaluate import embed_records
     from fnbody.search.lexical import IDF, pair_scores, zscore
-    from fnbody.search.metrics import CSN_EVAL_BATCH
+    from fnbody.search.metrics import CSN_EVAL_BATCH, mean_reciprocal_rank
 
     B = CSN_EVAL_BATCH
     t0 = time.perf_counter()
@@ -132,8 +132,8 @@ def three_way(args) -> int:
             z[split][name] = np.stack([zscore(q[i:i + B] @ c[i:i + B].T) for i in range(0, len(rows), B)])
     print(f"embedded and scored in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
-    def mrr(S: np.ndarray) -> float:
-        return float(np.mean([np.mean(1.0 / (M >= np.diag(M)[:, None]).sum(1)) for M in S]))
+    def mrr(S: np.ndarray) -> float:  # blocks of equal size: the mean of their MRRs is the MRR over all queries
+        return float(np.mean([mean_reciprocal_rank(M) for M in S]))
 
     def score(split: str, wn: float, wb: float) -> float:
         return mrr(z[split]["first"] + wn * z[split]["second"] + wb * z[split]["bm25"])

@@ -17,6 +17,8 @@ from fnbody.corpus.io import CSN_FIELDS, RECORD_FIELDS, SPLITS, check_corpus, re
 from fnbody.corpus.stats import corpus_stats, format_stats
 from fnbody.errors import FnbodyError
 
+from corpus_helpers import module
+
 CSN_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "csn-python-sample"
 
 GOOD = textwrap.dedent('''\
@@ -50,15 +52,6 @@ GOOD = textwrap.dedent('''\
         x = 1
         return x
     ''')
-
-
-def module(name: str, n: int) -> str:
-    """A module with n distinct documented functions."""
-    return "".join(
-        f"def {name}_f{i}(a, b):\n    \"\"\"Combine a and b with rule {i} for {name}.\"\"\"\n"
-        f"    c = a * {i} + b - {name!r}.count('x')\n    d = [c] * {i + 1}\n    return sum(d) + len('{name}{i}')\n\n"
-        for i in range(n)
-    )
 
 
 def cfg(**kw) -> BuildConfig:

@@ -210,10 +210,7 @@ def test_extra_train_sources_extend_the_corpus_stage_and_the_report_says_so(tmp_
     from fnbody.pipeline.report import write_report
     from fnbody.pipeline.run import build_stages
 
-    def module(name: str, n: int) -> str:  # as tests/test_corpus_build.py's: n functions, no two of them near duplicates
-        return "".join(f"def {name}_f{i}(a, b):\n    \"\"\"Combine a and b with rule {i} for {name}.\"\"\"\n"
-                       f"    c = a * {i} + b - {name!r}.count('x')\n    d = [c] * {i + 1}\n    return sum(d) + len('{name}{i}')\n\n"
-                       for i in range(n))
+    from corpus_helpers import module
 
     srcs = []
     for i in range(12):

@@ -31,7 +31,7 @@ from fnbody.corpus.records import NUM_PERM, Options, TaskResult, dedup_keys, run
 from fnbody.corpus.sources import plan_sources
 from fnbody.corpus.split import split_of
 from fnbody.errors import FnbodyError
-from fnbody.io import atomic_open, replace_dir
+from fnbody.io import atomic_open, iter_jsonl, replace_dir
 from fnbody.progress import progress
 
 
@@ -144,8 +144,6 @@ class _Base:
 
 def _read_base(base: str | Path, out: Path, near: bool) -> _Base:
     """Load a corpus to extend, refusing one that is the output itself."""
-    from fnbody.io import iter_jsonl
-
     base = Path(base)
     manifest = check_corpus(base)
     if base.resolve() == out.resolve():
