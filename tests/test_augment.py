@@ -8,6 +8,7 @@ import pytest
 from fnbody.augment.checked import Candidate, ExecutionCheckedGenerator, call_examples, doctest_examples, doctest_program, rank_candidates
 from fnbody.augment.prompt import function_name, prompt_docstring, query_text
 from fnbody.augment.rag import RetrievalAugmentedGenerator, TokenBudget, build_context, training_contexts
+from fnbody.augment.rerank import NeighbourRanker, hit_body
 from fnbody.cli import main
 from fnbody.errors import FnbodyError
 from fnbody.generate.base import Completion, GenerationConfig
@@ -274,6 +275,41 @@ def test_without_doctests_ranking_is_by_logprob():
     assert [c.text for c in ranked] == ["b", "a", "c"]
 
 
+def _doc_hit(name, repo, body):
+    return {"repo": repo, "path": f"{name}.py", "func_name": name, "score": 1.0,
+            "code": f'def {name}(a, b):\n    """Doc of {name}."""\n{body}'}
+
+
+def test_hit_body_cuts_signature_and_docstring_as_the_corpus_does():
+    assert hit_body(_doc_hit("f", "r", "    x = a\n    return x\n")) == "    x = a\n    return x"  # the corpus's body: no final newline
+    assert hit_body({"code": "def f(:\n"}) == "def f(:\n"  # unparsable: the whole code
+    assert hit_body(_hit("g", "r")) == "def g():\n    return 1\n"  # no docstring to cut after
+
+
+def test_neighbour_ranking_prefers_agreement_over_logprob_but_not_over_passing_examples():
+    index = FakeIndex([_doc_hit("own", "mine", "    return a * b\n"), _doc_hit("add2", "other", "    return a + b\n"),
+                       _doc_hit("sub", "other", "    total = a - b\n    return total\n")])
+    ranker = NeighbourRanker(index, k=2, exclude_repo=lambda p: "mine")
+    assert ranker.references(["def f(a, b):\n    \"\"\"Add.\"\"\"\n"]) == [["    return a + b", "    total = a - b\n    return total"]]
+    assert ranker.signature == "neighbours:k2|sentence-bleu|hybrid:0"
+    plain = 'def plus(a, b):\n    """Sum of a and b."""\n'  # no examples: agreement decides
+    cands = [Completion("    return a * b\n", mean_logprob=-0.1), Completion("    return a + b\n", mean_logprob=-0.9)]
+    gen = ExecutionCheckedGenerator(FixedGenerator(cands), n_candidates=2, include_greedy=False, ranker=ranker)
+    assert gen.name == "fixed+checked2+nbrank2"
+    assert gen.generate([plain], GenerationConfig())[0][0].text == "    return a + b\n"  # the own repo's a * b is excluded
+    first, second = gen.last_candidates[0]
+    assert first.agreement == pytest.approx(100.0) and second.agreement < first.agreement
+    without = ExecutionCheckedGenerator(FixedGenerator(cands), n_candidates=2, include_greedy=False)
+    assert without.generate([plain], GenerationConfig())[0][0].text == "    return a * b\n"  # log-probability alone
+    # A docstring example still comes first: ADD's doctest passes only for a + b, even against agreeing neighbours.
+    sub_index = FakeIndex([_doc_hit("sub", "other", "    return a - b\n")])
+    checked = ExecutionCheckedGenerator(FixedGenerator([Completion("    return a - b\n", mean_logprob=-0.1), cands[1]]), n_candidates=2,
+                                        include_greedy=False, ranker=NeighbourRanker(sub_index, k=1))
+    assert checked.generate([ADD], GenerationConfig())[0][0].text == "    return a + b\n"
+    with pytest.raises(FnbodyError, match="k must be"):
+        NeighbourRanker(index, k=0)
+
+
 def test_doctests_run_in_the_sandbox_not_here(tmp_path):
     target = tmp_path / "escaped.txt"
     evil = f"    open({str(target)!r}, 'w').write('x')\n    return a + b\n"
@@ -308,6 +344,14 @@ def test_cli_generate_and_complete_with_rag_and_checked(real_index, tmp_path, ca
     assert main(["complete", str(run), str(prompt), "--checked", "-1"]) == 2
     assert main(["complete", str(run), str(prompt), "--rag-hybrid", "0.3"]) == 2  # a retrieval weight without an index
     assert main(["complete", str(run), str(prompt), "--rag-index", str(index), "--rag-hybrid", "0.3"]) == 2  # index lacks BM25
+    capsys.readouterr()
+    assert main(["complete", str(run), str(prompt), "--json", "--max-new-tokens", "12", "--device", "cpu",
+                 "--checked", "2", "--rank-by-neighbours", str(index), "--rank-k", "2"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1
+    assert main(["complete", str(run), str(prompt), "--rank-by-neighbours", str(index)]) == 2  # ranking needs --checked
+    assert main(["generate", str(run), "--input", str(corpus), "--output", str(tmp_path / "nb.jsonl"), "--max-samples", "2",
+                 "--max-new-tokens", "8", "--device", "cpu", "--checked", "2", "--rank-by-neighbours", str(index)]) == 0
+    assert json.loads((tmp_path / "nb.jsonl").read_text().splitlines()[0])["model"].endswith("+checked2+nbrank3")
 
 
 def test_rag_hybrid_on_a_real_bm25_index_follows_the_fused_ranking(real_index, tmp_path):
@@ -341,8 +385,9 @@ def test_serve_accepts_the_flags():
 
     parser = argparse.ArgumentParser()
     serve.register(parser.add_subparsers(), {})
-    args = parser.parse_args(["serve", "RUN", "--rag-index", "IDX", "--rag-k", "3", "--checked", "4", "--rag-hybrid", "0.3"])
-    assert (args.rag_index, args.rag_k, args.checked, args.rag_hybrid) == ("IDX", 3, 4, 0.3)
+    args = parser.parse_args(["serve", "RUN", "--rag-index", "IDX", "--rag-k", "3", "--checked", "4", "--rag-hybrid", "0.3",
+                              "--rank-by-neighbours", "IDX2", "--rank-k", "5"])
+    assert (args.rag_index, args.rag_k, args.checked, args.rag_hybrid, args.rank_by_neighbours, args.rank_k) == ("IDX", 3, 4, 0.3, "IDX2", 5)
 
 
 # ----- training with retrieved context --------------------------------------------------------------

@@ -7,7 +7,7 @@ import warnings
 import pytest
 
 from fnbody.errors import FnbodyError
-from fnbody.evaluate.bleu import bleu_report, code_tokens, codexglue_sentence_bleu, nltk_sentence_bleu, paired_bleu_test
+from fnbody.evaluate.bleu import bleu_report, code_tokens, codexglue_sentence_bleu, nltk_sentence_bleu, paired_bleu_test, sentence_bleu
 from fnbody.evaluate.novelty import NgramIndex, novelty
 from fnbody.evaluate.passk import estimate_pass_at_k, pass_at_k
 from fnbody.evaluate.perplexity import aggregate_nll, bits_per_token, cross_entropy, perplexity
@@ -69,6 +69,14 @@ def test_bleu_report_identical_and_signatures():
         assert v["signature"].startswith(name + "|") and "n:2" in v["signature"] and "version:" in v["signature"]
     assert "tok:none" in m["bleu"]["signature"]
     assert m["bleu"]["bp"] == 1.0 and m["bleu"]["sys_len"] == m["bleu"]["ref_len"] > 0
+
+
+def test_sentence_bleu_known_values():
+    # return a + b vs return a - b: 1-grams 3/4, 2-grams 1/3, no 3- or 4-gram (exp smoothing: 100/(2*2), 100/(4*1)), equal lengths.
+    assert sentence_bleu("return a + b", ["return a - b"]) == pytest.approx((75 * (100 / 3) * 25 * 25) ** 0.25)  # 35.355
+    assert sentence_bleu("return a + b", ["x = 1", "return a + b"]) == pytest.approx(100.0)  # the best-matching reference counts
+    assert sentence_bleu("return a + b  # comment", ["return  a+b"]) == pytest.approx(100.0)  # Python tokens, not characters
+    assert sentence_bleu("", ["return 1"]) == 0.0 and sentence_bleu("return 1", []) == 0.0 and sentence_bleu("return 1", ["", "  "]) == 0.0
 
 
 def test_bleu_report_brevity_penalty_known_value():

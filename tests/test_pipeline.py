@@ -72,12 +72,22 @@ def test_report_has_every_section_with_real_numbers(tiny_run):
         assert _is_number(beyond["humaneval"][side]["pass@1"]) and beyond["humaneval"][side]["tasks"] == 2
     assert "checked:n2" in beyond["humaneval"]["checked"]["signature"]
     assert "rag:k2" in beyond["humaneval"]["rag+checked"]["signature"] and "checked:n2" in beyond["humaneval"]["rag+checked"]["signature"]
+    # augment.rerank_k: the same sampled test candidates ranked by log-probability and by retrieved neighbours
+    rr = beyond["rerank"]
+    for key in ("checked", "neighbours"):
+        assert _is_number(rr[key]["bleu"]["score"]) and "checked:n2" in rr[key]["bleu"]["signature"]
+    assert "neighbours:k2|sentence-bleu|hybrid:0.3" in rr["neighbours"]["bleu"]["signature"] and "neighbours" not in rr["checked"]["bleu"]["signature"]
+    assert rr["neighbours_vs_plain"]["system"] == pytest.approx(rr["neighbours"]["bleu"]["score"])
+    assert rr["neighbours_vs_checked"]["baseline"] == pytest.approx(rr["checked"]["bleu"]["score"]) and 0 <= rr["changed_choice"] <= 4
+    cands = [json.loads(line) for line in (out / "augment" / "gpt2-scratch" / "test_candidates.jsonl").read_text().splitlines()]
+    assert len(cands) == 4 and all(1 <= len(c["candidates"]) <= 2 and c["candidates"][0]["source"] == "greedy" for c in cands)
     # the progress file of a finished augment stage is gone: only summary.json, the complete one, remains
     assert not (out / "augment" / "gpt2-scratch" / "summary.partial.json").exists() and "partial" not in beyond
     md = (out / "report.md").read_text()
     for heading in ("## Data", "## Code search", "## Char-RNN baseline", "### Sweep", "## Generation", "## BLEU during training", "## Sample generations",
                     "## Beyond the report"):
         assert heading in md
+    assert "ranked by retrieved neighbours" in md and "Retrieval as a ranker" in md
     assert "NBoW encoder fused with BM25, weight 0.3" in md and "paired bootstrap over the test rows: p = " in md
     # The train index records the fusion weight that served search defaults to: the same valid choice as the search
     # stage's eval (same model, same train-split IDF), so the same weight, pairs and grid.

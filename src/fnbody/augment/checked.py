@@ -4,7 +4,8 @@ For each prompt: the greedy body plus N-1 sampled ones (or N sampled ones), dupl
 candidates whose `prompt + body` does not parse are dropped; when the prompt's docstring has
 examples, each remaining candidate runs them in the sandbox (`fnbody.evaluate.execution`, never
 in this process); candidates that pass come first, then the rest, each group by mean
-log-probability. Examples are doctests (`>>>`) or, in a docstring without doctests, the
+log-probability (or, with a `NeighbourRanker`, by agreement with the bodies of the prompt's retrieved
+training functions, then log-probability: `fnbody.augment.rerank`). Examples are doctests (`>>>`) or, in a docstring without doctests, the
 informal one-line forms docstrings also use: `f(1, 2) == 3`, `f(1, 2) => 3`, `f(x) ➞ y`,
 `f(x) -> y`, `f(x) returns y`, `f(x) should return y`, `f(x) = y`, when both the arguments
 and the expected value are Python literals (`true`/`false` read as booleans). Only the
@@ -163,12 +164,14 @@ class Candidate:
     status: str = "not run"  # sandbox status, or "not run"
     reason: str = ""
     passed: bool | None = None  # None when not run
+    agreement: float | None = None  # sentence BLEU against the retrieved neighbours' bodies (None: not ranked by neighbours)
     rank: int = 0
 
     def sort_key(self) -> tuple:
-        # Passing first; then by mean log-probability (a missing one ranks last).
+        # Passing first; then by agreement with the retrieved neighbours when measured; then by mean log-probability
+        # (a missing one ranks last).
         lp = self.mean_logprob if self.mean_logprob is not None else float("-inf")
-        return (not self.parses, self.passed is not True, -lp)
+        return (not self.parses, self.passed is not True, -(self.agreement or 0.0), -lp)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -186,7 +189,7 @@ class ExecutionCheckedGenerator:
     """A `Generator` returning the best of N sampled bodies by parse check, doctests and log-probability."""
 
     def __init__(self, base: Generator, n_candidates: int = 8, temperature: float = 0.8, top_p: float = 0.95,
-                 include_greedy: bool = True, limits=None, workers: int | None = None) -> None:
+                 include_greedy: bool = True, limits=None, workers: int | None = None, ranker=None) -> None:
         from fnbody.evaluate.execution import Limits
 
         if n_candidates < 1:
@@ -200,7 +203,8 @@ class ExecutionCheckedGenerator:
         self.include_greedy = include_greedy
         self.limits = limits or Limits(timeout=5.0)
         self.workers = workers
-        self.name = f"{base.name}+checked{n_candidates}"
+        self.ranker = ranker  # a NeighbourRanker: order by agreement with retrieved bodies instead of log-probability
+        self.name = f"{base.name}+checked{n_candidates}" + (f"+nbrank{ranker.k}" if ranker is not None else "")
         self.last_candidates: list[list[Candidate]] = []
         count = getattr(base, "count_tokens", None)
         if count is not None:
@@ -232,11 +236,16 @@ class ExecutionCheckedGenerator:
         return Candidate(text=c.text, mean_logprob=c.mean_logprob, finish_reason=c.finish_reason, num_tokens=c.num_tokens, source=source)
 
     def check(self, prompts: Sequence[str], candidates: list[list[Candidate]]) -> list[list[Candidate]]:
-        """Parse-check every candidate, run the doctests of those that parse in the sandbox, rank each list."""
+        """Parse-check every candidate, run the doctests of those that parse in the sandbox, score agreement with the
+        retrieved neighbours (with a ranker), rank each list."""
         from fnbody.evaluate.execution import run_programs
         from fnbody.evaluate.syntax import syntax_error
 
         jobs: list[tuple[Candidate, str]] = []
+        if self.ranker is not None:
+            for cands, refs in zip(candidates, self.ranker.references(prompts)):
+                for c in cands:
+                    c.agreement = self.ranker.agreement(c.text, refs)
         for prompt, cands in zip(prompts, candidates):
             n_examples, check = example_check(prompt)  # the docstring is parsed once per prompt, not per candidate
             for c in cands:

@@ -204,8 +204,8 @@ class RetrievalAugmentedGenerator:
         yield from self.base.stream(self.last_retrievals[0].context + prompt, cfg)
 
 
-def query_all(index, queries: Sequence[str], k: int, hybrid: float = 0.0) -> list[list[dict]]:
-    """`index.query_many` where empty queries (nothing searchable in the prompt) get no hits instead of an error."""
+def query_all(index, queries: Sequence[str], k: int, hybrid: float | None = 0.0) -> list[list[dict]]:
+    """`index.query_many` where empty queries (nothing searchable in the prompt) get no hits instead of an error (hybrid None: the index's weight)."""
     live = [i for i, q in enumerate(queries) if q]
     out: list[list[dict]] = [[] for _ in queries]
     for i, hits in zip(live, index.query_many([queries[i] for i in live], k, hybrid=hybrid) if live else []):

@@ -50,27 +50,47 @@ def add_augment_args(p: argparse.ArgumentParser) -> None:
                                                                         "doctests (run in the sandbox), then mean log-probability (0 = off)")
     g.add_argument("--checked-temperature", type=float, default=0.8, help="sampling temperature of the checked candidates (default 0.8)")
     g.add_argument("--checked-no-greedy", action="store_true", help="sample all N candidates (default: the greedy body is one of them)")
+    g.add_argument("--rank-by-neighbours", metavar="INDEX", help="with --checked: after the docstring's examples, rank the candidates by "
+                   "their BLEU against the bodies of the prompt's top-k functions in INDEX (own repo excluded) instead of log-probability")
+    g.add_argument("--rank-k", type=int, default=3, help="neighbours the candidates are compared with (default 3)")
 
 
 def augment_generator(gen, args: argparse.Namespace, rows: list[dict] | None = None):
     """Wrap `gen` in retrieval and/or execution checking as the flags ask (unchanged when none is given)."""
-    if getattr(args, "rag_hybrid", 0.0) and not getattr(args, "rag_index", None):
-        raise FnbodyError("--rag-hybrid weights retrieval, which needs --rag-index INDEX (an index built with --bm25)")
-    if getattr(args, "rag_index", None):
-        from fnbody.augment.rag import RetrievalAugmentedGenerator, repo_lookup
+    rank_index = getattr(args, "rank_by_neighbours", None)
+    if getattr(args, "rag_hybrid", 0.0) and not (getattr(args, "rag_index", None) or rank_index):
+        raise FnbodyError("--rag-hybrid weights retrieval, which needs --rag-index INDEX or --rank-by-neighbours INDEX (an index built with --bm25)")
+    if rank_index and not getattr(args, "checked", 0):
+        raise FnbodyError("--rank-by-neighbours ranks sampled candidates: add --checked N")
+    from fnbody.augment.rag import repo_lookup
+
+    exclude = None if getattr(args, "rag_keep_own_repo", False) or not rows else repo_lookup(rows)
+    indexes: dict[str, object] = {}
+
+    def load_index(path: str):  # one load when context and ranking name the same index
         from fnbody.search.index import SearchIndex
 
-        index = SearchIndex.load(args.rag_index, device="cpu")
-        exclude = None if args.rag_keep_own_repo or not rows else repo_lookup(rows)
-        gen = RetrievalAugmentedGenerator(gen, index, k=args.rag_k, exclude_repo=exclude, budget_tokens=args.rag_budget_tokens,
+        if path not in indexes:
+            indexes[path] = SearchIndex.load(path, device="cpu")
+        return indexes[path]
+
+    if getattr(args, "rag_index", None):
+        from fnbody.augment.rag import RetrievalAugmentedGenerator
+
+        gen = RetrievalAugmentedGenerator(gen, load_index(args.rag_index), k=args.rag_k, exclude_repo=exclude, budget_tokens=args.rag_budget_tokens,
                                           hybrid=args.rag_hybrid)
     if getattr(args, "checked", 0):
         from fnbody.augment.checked import ExecutionCheckedGenerator
+        from fnbody.augment.rerank import NeighbourRanker
 
         if args.checked < 1:
             raise FnbodyError(f"--checked must be >= 1, got {args.checked}")
+        ranker = None
+        if rank_index:
+            ranker = NeighbourRanker(load_index(rank_index), k=args.rank_k,
+                                     hybrid=args.rag_hybrid or None, exclude_repo=exclude)
         gen = ExecutionCheckedGenerator(gen, n_candidates=args.checked, temperature=args.checked_temperature,
-                                        include_greedy=not args.checked_no_greedy)
+                                        include_greedy=not args.checked_no_greedy, ranker=ranker)
     return gen
 
 

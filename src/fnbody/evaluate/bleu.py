@@ -112,6 +112,20 @@ def codexglue_sentence_bleu(reference: str, hypothesis: str, n: int = 4) -> floa
     return math.exp(logbleu + brevity)
 
 
+def sentence_bleu(hypothesis: str, references: Sequence[str]) -> float:
+    """Sentence BLEU-4 (x100) of one body against several reference bodies, over Python tokens, exp smoothing (sacrebleu).
+
+    The `bleu` metric's tokenisation, for one hypothesis: 0.0 when the hypothesis or every reference is empty.
+    """
+    import sacrebleu
+
+    hyp = " ".join(code_tokens(hypothesis))
+    refs = [" ".join(t) for t in (code_tokens(r) for r in references) if t]
+    if not hyp or not refs:
+        return 0.0
+    return sacrebleu.sentence_bleu(hyp, refs, tokenize="none", smooth_method="exp").score
+
+
 # --- the report --------------------------------------------------------------------------------
 
 def _sig(metric: str, tok: str, smooth: str, n: int, extra: str = "") -> str:

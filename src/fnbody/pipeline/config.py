@@ -101,10 +101,14 @@ class AugmentStage:
     checked_n: int = field(default=8, metadata={"help": "candidates per HumanEval problem (greedy + N-1 samples)"})
     checked_temperature: float = field(default=0.8, metadata={"help": "sampling temperature of the candidates"})
     combined: bool = field(default=False, metadata={"help": "also score retrieval and execution checking together on HumanEval"})
+    rerank_k: int = field(default=0, metadata={"help": "> 0: also rank checked_n candidates per BLEU test row by agreement with the bodies "
+                                                   "of their top rerank_k retrieved functions, against ranking the same candidates by log-probability"})
 
     def __post_init__(self) -> None:
         if not (self.rag_hybrid >= 0 and math.isfinite(self.rag_hybrid)):
             raise ValueError(f"rag_hybrid must be a finite number >= 0, got {self.rag_hybrid}")
+        if self.rerank_k < 0:
+            raise ValueError(f"rerank_k must be >= 0 (0 = off), got {self.rerank_k}")
 
 
 @dataclass

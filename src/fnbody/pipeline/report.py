@@ -242,6 +242,12 @@ def _beyond_section(out: Path, rep: dict, md: list[str]) -> None:
         md.append(f"| execution-checked top candidate | | | | | {_fmt(p1(he['checked']))} |")
         if "rag+checked" in he:
             md.append(f"| retrieval + execution-checked | | | | | {_fmt(p1(he['rag+checked']))} |")
+        rr = s.get("rerank")  # the same test candidates ranked by log-probability and by retrieved neighbours
+        for label, key in (("checked candidates, ranked by log-probability", "checked"), ("checked candidates, ranked by retrieved neighbours", "neighbours")):
+            if rr:
+                m = rr[key]
+                md.append(f"| {label} | {_fmt(m['seed-bleu']['score'], 4)} | {_fmt(m['bleu']['score'], 2)} | {_fmt(m['bleu'].get('bp'), 3)} | "
+                          f"{_fmt(m['codexglue-bleu']['score'], 2)} | |")
         base, with_rag = b["plain"]["bleu"]["score"], b["rag"]["bleu"]["score"]
         gain = with_rag / base - 1 if base else None
         rep["beyond"][run.name]["bleu_gain"] = gain
@@ -254,13 +260,27 @@ def _beyond_section(out: Path, rep: dict, md: list[str]) -> None:
                  if gain is not None and with_rag and bp0 and bp1 else "")
         md.append(f"\nRetrieval's BLEU change: {'—' if gain is None else f'{gain:+.0%}'} relative{parts}{sig_note}; issue 9 target: +10%; "
                   f"pass@1 target 8.3% (PyCodeGPT-110M).\n\nSignatures:\n")
+        if rr:
+            vs_plain, vs_lp = rr["neighbours_vs_plain"], rr["neighbours_vs_checked"]
+            md.append(f"Retrieval as a ranker (nothing added to the prompt): the neighbour-ranked candidate's BLEU "
+                      f"{_rel(vs_plain)} relative to plain greedy (p = {vs_plain['p_value']:.3f}) and {_rel(vs_lp)} relative to the "
+                      f"log-probability choice among the same candidates (p = {vs_lp['p_value']:.3f}); the two rankings chose "
+                      f"differently on {rr['changed_choice']} rows.\n")
         for side in ("plain", "rag"):
             md.append(f"- BLEU {side}: `{b[side]['bleu']['signature']}`")
+        if rr:
+            md.append(f"- BLEU neighbour-ranked: `{rr['neighbours']['bleu']['signature']}`")
         if test:
             md.append(f"- BLEU difference: `{test['signature']}`")
         for side in [k for k in ("plain", "rag", "checked", "rag+checked") if k in he]:
             md.append(f"- pass@1 {side}: `{he[side].get('signature', '')}`")
     md.append("")
+
+
+def _rel(paired: dict) -> str:
+    """A paired test's system BLEU relative to its baseline, as a signed percentage."""
+    base = paired.get("baseline")
+    return f"{paired['system'] / base - 1:+.0%}" if base else "—"
 
 
 def _spread(ci: list) -> str:

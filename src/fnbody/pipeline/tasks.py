@@ -105,8 +105,13 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
                        rag_budget_tokens: int = 0, rag_hybrid: float = 0.0, checked_n: int = 8, checked_temperature: float = 0.8,
                        bleu_samples: int = 1000, humaneval_problems: int = 0, max_new_tokens: int = 256, batch_size: int = 8,
                        timeout: float = 10.0, seed: int = 0, device: str = "auto", combined: bool = False,
-                       require_body: bool = False, humaneval_first: bool = False) -> dict:
+                       require_body: bool = False, humaneval_first: bool = False, rerank_k: int = 0) -> dict:
     """Beyond the report: BLEU and pass@1 with retrieval, and pass@1 of the execution-checked top candidate.
+
+    With `rerank_k` > 0, retrieval also steers without entering the prompt: `checked_n` candidates per test row
+    (greedy + samples, sampled once and kept in test_candidates.jsonl) are ranked two ways, by log-probability and
+    by agreement with the bodies of the row's top `rerank_k` retrieved functions (own repo excluded), and the
+    top candidate of each is scored by BLEU beside plain greedy.
 
     With `combined`, HumanEval is also scored for both at once: N candidates sampled with retrieved
     context, then ranked by doctests and log-probability.
@@ -200,7 +205,50 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
             write_jsonl(out_dir / f"humaneval_results_{key}.jsonl", results)
             write_json(partial, {**summary, "partial": True})
 
-    for part in ((humaneval_part, bleu_part) if humaneval_first else (bleu_part, humaneval_part)):
+    def rerank_part() -> None:
+        # --- the same sampled candidates ranked by log-probability and by agreement with retrieved neighbours ---------
+        from fnbody.augment.checked import Candidate
+        from fnbody.augment.rerank import NeighbourRanker
+
+        rows = load_prompts(corpus, split="test", max_samples=bleu_samples or None)
+        prompts = [r["prompt"] for r in rows]
+        chk = ExecutionCheckedGenerator(gen, n_candidates=checked_n, temperature=checked_temperature)
+        cand_path = out_dir / "test_candidates.jsonl"
+        saved = {s["task_id"]: s["candidates"] for s in read_jsonl(cand_path)} if cand_path.exists() else {}
+        if any(r["task_id"] not in saved for r in rows):  # sampled once, whole: a cut run samples again
+            sampled = chk.sample(prompts, cfg)
+            saved = {r["task_id"]: [c.to_dict() for c in cands] for r, cands in zip(rows, sampled)}
+            write_jsonl(cand_path, [{"task_id": r["task_id"], "candidates": saved[r["task_id"]]} for r in rows])
+
+        def top(ranker) -> list[str]:
+            fresh = [[Candidate(**{k: c[k] for k in ("text", "mean_logprob", "finish_reason", "num_tokens", "source")}) for c in saved[r["task_id"]]]
+                     for r in rows]
+            ranked = ExecutionCheckedGenerator(gen, n_candidates=checked_n, ranker=ranker).check(prompts, fresh)
+            return [next((c.text for c in cands if c.parses), cands[0].text if cands else "") for cands in ranked]
+
+        ranker = NeighbourRanker(idx, k=rerank_k, hybrid=rag_hybrid, exclude_repo=repo_lookup(rows))
+        by_lp, by_nb = top(None), top(ranker)
+        plain_got = {s["task_id"]: s["completion"] for s in read_jsonl(plain_dir / "test_samples.jsonl")}
+        plain_hyps = [plain_got[r["task_id"]] for r in rows]
+        refs, codes = [r["body"] for r in rows], [r["code"] for r in rows]
+        data_sig = f"data:{Path(corpus).name}/test|n:{len(rows)}|model:{name}"
+        lp_sig = f"checked:n{checked_n}|T:{checked_temperature:g}|rank:doctests>logprob"
+        nb_sig = (f"checked:n{checked_n}|T:{checked_temperature:g}|rank:doctests>{ranker.signature}>logprob"
+                  f"|index:{idx.info.get('encoder', 'unknown')}-{idx.info.get('count')}|exclude:own-repo")
+        out = {}
+        for key, hyps, sig in (("checked", by_lp, lp_sig), ("neighbours", by_nb, nb_sig)):
+            out[key] = {k: {**v, "signature": f"{v['signature']}|{data_sig}|{sig}"} for k, v in bleu_report(hyps, refs, codes)["metrics"].items()}
+        for key, base, sig in (("neighbours_vs_plain", plain_hyps, nb_sig), ("neighbours_vs_checked", by_lp, nb_sig)):
+            paired = paired_bleu_test(base, by_nb, refs)
+            out[key] = {**paired, "signature": f"{paired['signature']}|{data_sig}|{sig}"}
+        out["changed_choice"] = sum(a != b for a, b in zip(by_lp, by_nb))
+        summary["rerank"] = out
+        write_json(partial, {**summary, "partial": True})
+
+    parts = [humaneval_part, bleu_part] if humaneval_first else [bleu_part, humaneval_part]
+    if rerank_k > 0:
+        parts.insert(parts.index(bleu_part) + 1, rerank_part)
+    for part in parts:
         part()
     write_json(out_dir / "summary.json", summary)
     partial.unlink(missing_ok=True)
