@@ -34,7 +34,8 @@
 # lm ~500 s with checking, and call nothing else. With RETRIEVER (no search phase) the plan is: PHASE=lm LM_S=120
 # COMBINED=false ZS_DEADLINE=0 HE_FIRST=true under `timeout 580` (train ~260 s, plain ~90 s, then checked N=16, estimated
 # ~230 s, then retrieval ~70 s, may be cut); if it is, at once (the machine stays warm 30 s) the same command with
-# EVAL_ONLY=1 finishes it.
+# EVAL_ONLY=1 finishes it (add RERANK_K=3 there when time is left: CHECK_N candidates for each of the BLEU rows, ~2-3 min more,
+# to measure retrieval as a ranker on the GPU-tuned model; RESULTS.md session 9).
 # Plan for issue 4 on the extended corpus (`fnbody corpus build WHEELS --extend BASE` with benchmarks/extra_packages*.txt:
 # train 43k -> 232k pairs, the same valid and test; RESULTS.md "more training data"), three calls on one warm machine, the
 # data carried from this repo's ignored folders (64 MiB a call) and checked against the corpus manifest's sha256s:
