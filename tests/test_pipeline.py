@@ -142,6 +142,33 @@ def test_augment_can_score_humaneval_first_with_checked_before_retrieval(tiny_ru
     assert order == ["test_samples_rag.jsonl", "humaneval_samples_rag.jsonl", "humaneval_samples_checked.jsonl"]
 
 
+def test_rerank_samples_once_and_resamples_only_for_other_settings(tiny_run, tmp_path, monkeypatch):
+    from fnbody.augment.checked import ExecutionCheckedGenerator
+    from fnbody.pipeline.tasks import evaluate_augmented
+
+    out, _ = tiny_run
+    calls = []
+    real = ExecutionCheckedGenerator.sample
+
+    def spy(self, prompts, cfg):
+        calls.append(self.n_candidates)
+        return real(self, prompts, cfg)
+
+    monkeypatch.setattr(ExecutionCheckedGenerator, "sample", spy)
+    kw = dict(run=str(out / "lm" / "gpt2-scratch"), corpus=str(out / "corpus"), index=str(out / "index"), plain=str(out / "eval" / "gpt2-scratch"),
+              out=str(tmp_path / "aug"), name="gpt2-scratch", bleu_samples=4, humaneval_problems=1, max_new_tokens=12, batch_size=4,
+              device="cpu", rerank_k=1)
+    first = evaluate_augmented(checked_n=2, **kw)["rerank"]
+    n_first = len(calls)
+    again = evaluate_augmented(checked_n=2, **kw)["rerank"]
+    assert n_first == 2 and len(calls) == n_first  # nothing sampled again: the test candidates (and HumanEval's samples) were reused
+    assert again["neighbours"]["bleu"]["score"] == first["neighbours"]["bleu"]["score"]
+    drawn = lambda: {json.loads(line)["decoding"].split("|")[0] for line in (tmp_path / "aug" / "test_candidates.jsonl").read_text().splitlines()}
+    assert drawn() == {"n2"}
+    evaluate_augmented(checked_n=3, **kw)
+    assert 3 in calls and drawn() == {"n3"}  # other settings: the test rows were sampled anew, not taken from the n2 file
+
+
 def test_failing_stage_names_itself_and_its_log(tiny_run):
     out, argv = tiny_run
     with pytest.raises(FnbodyError, match=r"stage 'lm-gpt2-scratch' failed .* see its log: .*lm-gpt2-scratch\.log"):

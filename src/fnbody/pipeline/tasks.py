@@ -214,11 +214,12 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
         prompts = [r["prompt"] for r in rows]
         chk = ExecutionCheckedGenerator(gen, n_candidates=checked_n, temperature=checked_temperature)
         cand_path = out_dir / "test_candidates.jsonl"
-        saved = {s["task_id"]: s["candidates"] for s in read_jsonl(cand_path)} if cand_path.exists() else {}
+        drawn = f"n{checked_n}|T:{checked_temperature:g}|{summary['decoding']}"  # candidates from other settings are not reused
+        saved = {s["task_id"]: s["candidates"] for s in read_jsonl(cand_path) if s.get("decoding") == drawn} if cand_path.exists() else {}
         if any(r["task_id"] not in saved for r in rows):  # sampled once, whole: a cut run samples again
             sampled = chk.sample(prompts, cfg)
             saved = {r["task_id"]: [c.to_dict() for c in cands] for r, cands in zip(rows, sampled)}
-            write_jsonl(cand_path, [{"task_id": r["task_id"], "candidates": saved[r["task_id"]]} for r in rows])
+            write_jsonl(cand_path, [{"task_id": r["task_id"], "decoding": drawn, "candidates": saved[r["task_id"]]} for r in rows])
 
         def top(ranker) -> list[str]:
             fresh = [[Candidate(**{k: c[k] for k in ("text", "mean_logprob", "finish_reason", "num_tokens", "source")}) for c in saved[r["task_id"]]]
