@@ -87,8 +87,7 @@ def main() -> int:
         return [[Candidate(text=c["text"], mean_logprob=c["lp"], finish_reason="", num_tokens=0, source=c["src"]) for c in cs] for cs in cands]
 
     def top(ranker) -> list[str]:
-        ranked = ExecutionCheckedGenerator(Saved(), n_candidates=args.checked, ranker=ranker).check(prompts, fresh())
-        return [next((c.text for c in cs if c.parses), cs[0].text if cs else "") for cs in ranked]
+        return ExecutionCheckedGenerator(Saved(), n_candidates=args.checked, ranker=ranker).choose(prompts, fresh())
 
     picks = {"greedy": [cs[0]["text"] if cs else "" for cs in cands], "log-prob": top(None)}
     for k in (int(x) for x in args.k.split(",")):

@@ -177,6 +177,11 @@ class Candidate:
         return dict(self.__dict__)
 
 
+def kept(ranked: list[Candidate]) -> list[Candidate]:
+    """What a checked generator returns from a ranked list: the candidates that parse, or the best one when none does."""
+    return [c for c in ranked if c.parses] or ranked[:1]
+
+
 def rank_candidates(cands: list[Candidate]) -> list[Candidate]:
     """Candidates in rank order (stable), with `rank` set from 1; unparsable ones last."""
     ranked = sorted(cands, key=Candidate.sort_key)
@@ -264,12 +269,12 @@ class ExecutionCheckedGenerator:
     def generate(self, prompts: Sequence[str], cfg: GenerationConfig) -> list[list[Completion]]:
         """The top `cfg.n` checked candidates per prompt (parsing ones only, unless none parses)."""
         self.last_candidates = self.check(prompts, self.sample(prompts, cfg))
-        out = []
-        for ranked in self.last_candidates:
-            keep = [c for c in ranked if c.parses] or ranked[:1]
-            out.append([Completion(text=c.text, finish_reason=c.finish_reason, mean_logprob=c.mean_logprob,
-                                   num_tokens=c.num_tokens) for c in keep[:cfg.n]])
-        return out
+        return [[Completion(text=c.text, finish_reason=c.finish_reason, mean_logprob=c.mean_logprob, num_tokens=c.num_tokens)
+                 for c in kept(ranked)[:cfg.n]] for ranked in self.last_candidates]
+
+    def choose(self, prompts: Sequence[str], candidates: list[list[Candidate]]) -> list[str]:
+        """The body `generate` would return first, for candidates already drawn (e.g. ranked again by another ranker)."""
+        return [next((c.text for c in kept(ranked)), "") for ranked in self.check(prompts, candidates)]
 
     def stream(self, prompt: str, cfg: GenerationConfig) -> Iterator[str]:
         """Checking needs every candidate finished: generate, then yield the chosen body."""

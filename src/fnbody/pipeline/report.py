@@ -243,8 +243,8 @@ def _beyond_section(out: Path, rep: dict, md: list[str]) -> None:
         if "rag+checked" in he:
             md.append(f"| retrieval + execution-checked | | | | | {_fmt(p1(he['rag+checked']))} |")
         rr = s.get("rerank")  # the same test candidates ranked by log-probability and by retrieved neighbours
-        for label, key in (("checked candidates, ranked by log-probability", "checked"), ("checked candidates, ranked by retrieved neighbours", "neighbours")):
-            if rr:
+        if rr:
+            for label, key in (("checked candidates, ranked by log-probability", "checked"), ("checked candidates, ranked by retrieved neighbours", "neighbours")):
                 m = rr[key]
                 md.append(f"| {label} | {_fmt(m['seed-bleu']['score'], 4)} | {_fmt(m['bleu']['score'], 2)} | {_fmt(m['bleu'].get('bp'), 3)} | "
                           f"{_fmt(m['codexglue-bleu']['score'], 2)} | |")

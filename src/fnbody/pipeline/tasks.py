@@ -221,11 +221,9 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
             saved = {r["task_id"]: [c.to_dict() for c in cands] for r, cands in zip(rows, sampled)}
             write_jsonl(cand_path, [{"task_id": r["task_id"], "decoding": drawn, "candidates": saved[r["task_id"]]} for r in rows])
 
-        def top(ranker) -> list[str]:
-            fresh = [[Candidate(**{k: c[k] for k in ("text", "mean_logprob", "finish_reason", "num_tokens", "source")}) for c in saved[r["task_id"]]]
-                     for r in rows]
-            ranked = ExecutionCheckedGenerator(gen, n_candidates=checked_n, ranker=ranker).check(prompts, fresh)
-            return [next((c.text for c in cands if c.parses), cands[0].text if cands else "") for cands in ranked]
+        def top(ranker) -> list[str]:  # each ranking checks fresh copies of the saved (unchecked) candidates
+            fresh = [[Candidate(**c) for c in saved[r["task_id"]]] for r in rows]
+            return ExecutionCheckedGenerator(gen, n_candidates=checked_n, ranker=ranker).choose(prompts, fresh)
 
         ranker = NeighbourRanker(idx, k=rerank_k, hybrid=rag_hybrid, exclude_repo=repo_lookup(rows))
         by_lp, by_nb = top(None), top(ranker)
