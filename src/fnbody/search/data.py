@@ -79,6 +79,11 @@ class PairDataset:
     def __len__(self) -> int:
         return len(self.query_ids)
 
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(N,) ids per pair (query + code), for the Trainer's group_by_length."""
+        return self.query_len + self.code_len
+
     def __getitem__(self, i: int) -> int:
         return i
 

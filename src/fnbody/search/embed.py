@@ -31,6 +31,21 @@ def weights_path(model_dir: str | Path) -> Path:
     raise FnbodyError(f"{model_dir}: no trained weights (expected checkpoints/best/{WEIGHTS}); train it with `fnbody train search` or continue with --resume")
 
 
+def load_weights(model, wpath: Path, label: str = "") -> None:
+    """Load a run's safetensors weights into `model`; FnbodyError naming a corrupt file or weights of another config."""
+    from safetensors.torch import load_model
+
+    where = f"{label}{wpath}"
+    try:
+        missing, unexpected = load_model(model, str(wpath), strict=False)
+    except RuntimeError as e:  # torch's load_state_dict: a tensor of another shape
+        raise FnbodyError(f"{where}: weights do not match the model config ({str(e).strip().splitlines()[-1].strip()})") from None
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise FnbodyError(f"{where}: corrupt weights ({type(e).__name__}: {e})") from None
+    if missing or unexpected:
+        raise FnbodyError(f"{where}: weights do not match the model config (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+
+
 def run_files(model_cfg: dict) -> tuple[str, ...]:
     """Files beside the weights that a search run's vectors depend on: BPE vocabularies, or a pretrained encoder's spec."""
     from fnbody.search.pretrained import SPEC_FILE, is_pretrained
@@ -117,7 +132,6 @@ class Embedder:
     def load(cls, model_dir: str | Path, device: str = "cpu", *, quantize: bool = False) -> "Embedder":
         """Load a search run (or an index's model copy); FnbodyError naming any missing or wrong file; `quantize`: int8 queries."""
         import torch
-        from safetensors.torch import load_model
 
         from fnbody.config import from_dict, read_run_info
         from fnbody.search.model import SearchModelConfig, TwoTowerModel
@@ -131,13 +145,7 @@ class Embedder:
         cfg = from_dict(SearchModelConfig, info["config"]["model"])
         qv, cv, spec = load_tokenizers(model_dir, cfg)
         model = TwoTowerModel(cfg, qv.size, cv.size, spec)
-        wpath = weights_path(model_dir)
-        try:
-            missing, unexpected = load_model(model, str(wpath), strict=False)
-        except Exception as e:  # safetensors raises its own error types for corrupt files
-            raise FnbodyError(f"{wpath}: corrupt weights ({type(e).__name__}: {e})") from None
-        if missing or unexpected:
-            raise FnbodyError(f"{wpath}: weights do not match the model config (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        load_weights(model, weights_path(model_dir))
         model.to(torch.device(device)).eval()
         return cls(model, qv, cv, model_dir, model_fingerprint(model_dir), device, quantize)
 

@@ -32,6 +32,8 @@ class SearchTrainConfig:
     max_valid: int = field(default=0, metadata={"help": "cap on validation pairs scored each epoch (0 = all)"})
     finetune: bool = field(default=False, metadata={"help": "pretrained encoders (minilm): train their weights; false = use them "
                                                     "frozen, zero-shot (no training steps). Other encoders always train from scratch"})
+    init_from: str = field(default="", metadata={"help": "start from this trained search run's weights and tokenizers (same encoder "
+                                                   "and architecture), e.g. to go on training it on a larger corpus; empty = fresh"})
 
 
 def default_config(encoder: str) -> SearchTrainConfig:
@@ -87,7 +89,7 @@ def score_pairs(model: TwoTowerModel, data: PairDataset, loss_batch: int) -> dic
     b = min(loss_batch, len(q))
     losses = [model.loss(q[s:s + b], c[s:s + b], data.group[s:s + b]).item()
               for s in range(0, len(q) - b + 1, b)]  # as the training loss: identical queries are not negatives
-    sims = model.scores(q, c).numpy() if len(q) < CSN_EVAL_BATCH else None
+    sims = model.scores(q, c).float().numpy() if len(q) < CSN_EVAL_BATCH else None  # float: under bf16 autocast the product is bf16
     if sims is not None:
         mrr, n, how = mean_reciprocal_rank(sims), len(q), "pool"
     else:
@@ -121,9 +123,13 @@ def build_vocabs(train_records: list[dict], cfg: SearchTrainConfig, out_dir: Pat
     from fnbody.search.pretrained import WordPieceVocab, default_model_dir, load_spec, read_pretrained_folder, save_spec
     from fnbody.tokens.subword import SubwordVocab, train_subword_vocab
 
+    init = Path(cfg.init_from) if cfg.init_from and not resume else None  # on resume the run's own files win
     if is_pretrained(cfg.model.encoder):
         if resume and (out_dir / SPEC_FILE).exists():  # the run's own spec; its weights come from the checkpoint
             spec, folder = load_spec(out_dir / SPEC_FILE), None
+        elif init is not None:  # the starting run's spec; its weights are loaded after the model is built
+            spec, folder = load_spec(init / SPEC_FILE), None
+            save_spec(spec, out_dir / SPEC_FILE)
         else:
             folder = Path(cfg.model.pretrained) if cfg.model.pretrained else default_model_dir()
             spec = read_pretrained_folder(folder)
@@ -133,11 +139,37 @@ def build_vocabs(train_records: list[dict], cfg: SearchTrainConfig, out_dir: Pat
     qpath, cpath = out_dir / QUERY_VOCAB, out_dir / CODE_VOCAB
     if resume and qpath.exists() and cpath.exists():
         return SubwordVocab.load(qpath), SubwordVocab.load(cpath), None, None
+    if init is not None:  # the starting run's ids, so its embeddings keep their meaning
+        qv, cv = SubwordVocab.load(init / QUERY_VOCAB), SubwordVocab.load(init / CODE_VOCAB)
+        qv.save(qpath)
+        cv.save(cpath)
+        return qv, cv, None, None
     qv = train_subword_vocab((r.get("docstring_tokens") or [] for r in train_records), cfg.model.vocab_size, cfg.vocab_min_frequency)
     cv = train_subword_vocab((r.get("code_tokens") or [] for r in train_records), cfg.model.vocab_size, cfg.vocab_min_frequency)
     qv.save(qpath)
     cv.save(cpath)
     return qv, cv, None, None
+
+
+def check_init_run(init_from: str | Path, cfg: SearchTrainConfig) -> Path:
+    """The run `--init-from` names, checked: a trained search run of the same encoder with its tokenizer files."""
+    from fnbody.config import read_run_info
+    from fnbody.search.embed import run_files, weights_path
+
+    init = Path(init_from)
+    info = read_run_info(init)  # FnbodyError when it is no run folder
+    if info.get("kind") != KIND:
+        raise FnbodyError(f"--init-from {init}: a {info.get('kind')!r} run, not a search run")
+    old = info["config"]["model"]
+    if old.get("encoder") != cfg.model.encoder:
+        raise FnbodyError(f"--init-from {init}: a {old.get('encoder')} run; it cannot start a {cfg.model.encoder} run")
+    if is_pretrained(cfg.model.encoder) and not cfg.finetune:
+        raise FnbodyError(f"--init-from {init}: a frozen {cfg.model.encoder} run trains nothing; add --finetune")
+    weights_path(init)  # FnbodyError naming the missing weights
+    missing = [name for name in run_files(old) if not (init / name).exists()]
+    if missing:
+        raise FnbodyError(f"--init-from {init}: search run is missing {missing}")
+    return init
 
 
 def train_search(corpus: str | Path, out_dir: str | Path, cfg: SearchTrainConfig, *, resume: bool = False,
@@ -160,6 +192,7 @@ def train_search(corpus: str | Path, out_dir: str | Path, cfg: SearchTrainConfig
             raise FnbodyError(f"{out_dir}: model config differs from the run being resumed; resume with the same settings")
     elif (out_dir / "checkpoints").exists():
         raise FnbodyError(f"{out_dir}: already holds a training run; pass --resume to continue it or choose another --out")
+    init = check_init_run(cfg.init_from, cfg) if cfg.init_from and not resume else None
     train_records = read_split(corpus, "train", max_samples)
     valid_records = read_split(corpus, "valid", max_samples)
     if len(train_records) < 2:
@@ -175,6 +208,10 @@ def train_search(corpus: str | Path, out_dir: str | Path, cfg: SearchTrainConfig
                    vocab_sizes={"query": qv.size, "code": cv.size})
     set_seed(cfg.train.seed)
     model = TwoTowerModel(m, qv.size, cv.size, spec, weights_from)
+    if init is not None:
+        from fnbody.search.embed import load_weights, weights_path
+
+        load_weights(model, weights_path(init), label="--init-from ")
     batch = min(cfg.train.batch_size, len(train_data))
     if frozen:
         return save_frozen(model, valid_data, batch, out_dir)

@@ -72,6 +72,9 @@ class TrainConfig:
         "help": "under torchrun: ddp replicates the model on every rank; fsdp shards parameters, gradients and optimizer "
                 "state over the ranks (FSDP2, per transformer block), for models too big to replicate; one process ignores it"})
     seed: int = field(default=0, metadata={"help": "seed for init, batch order and dropout"})
+    group_by_length: int = field(default=0, metadata={
+        "help": "batch examples of similar length to cut padding: each epoch's shuffled order is cut into runs of N batches, "
+                "each run sorted by length, and the batches shuffled (0 = off; needs a dataset with lengths)"})
     show_progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
@@ -81,6 +84,8 @@ class TrainConfig:
             raise ValueError("micro_batch_size, max_epochs, max_steps and max_seconds must be >= 0")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.group_by_length < 0:
+            raise ValueError(f"group_by_length must be >= 0, got {self.group_by_length}")
 
 
 class Callback:
@@ -196,6 +201,9 @@ class Trainer:
         self.rank_batch = self.global_batch // self.dist.world_size
         self.micro = cfg.micro_batch_size or self.rank_batch
         self.steps_per_epoch = max(1, len(dataset) // self.global_batch)
+        self.lengths = getattr(dataset, "lengths", None)  # (N,) sizes for group_by_length
+        if cfg.group_by_length and self.lengths is None:
+            raise FnbodyError(f"group_by_length needs a dataset with lengths; {type(dataset).__name__} has none")
         epoch_steps = self.steps_per_epoch * max(1, cfg.max_epochs)
         self.total_steps = min(cfg.max_steps, epoch_steps) if cfg.max_steps else epoch_steps
         # Position and bookkeeping (restored on resume).
@@ -324,7 +332,10 @@ class Trainer:
     # ----- the loop --------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.dataset), generator=g)
+        order = torch.randperm(len(self.dataset), generator=g)
+        if self.cfg.group_by_length:
+            order = length_grouped(order, self.lengths, self.global_batch, self.cfg.group_by_length, g)
+        return order
 
     def _run_eval(self) -> bool:
         """Evaluate on rank 0, log, keep the best checkpoint; returns True if training should stop early."""
@@ -490,6 +501,22 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum
+
+
+def length_grouped(order: torch.Tensor, lengths: torch.Tensor, batch: int, runs_of: int, g: torch.Generator) -> torch.Tensor:
+    """`order` with each run of `runs_of` batches sorted by length (longest first) and its whole batches shuffled.
+
+    The batches hold examples of similar length, so padding (and CPU time) shrinks, while which examples meet in a
+    batch stays random within a run. The tail after the last whole batch keeps its place (the loop drops it).
+    """
+    lengths = torch.as_tensor(lengths)
+    run = batch * runs_of
+    sorted_runs = [chunk[torch.argsort(lengths[chunk], descending=True, stable=True)] for chunk in order.split(run)]
+    grouped = torch.cat(sorted_runs)
+    n_whole = len(order) // batch * batch
+    batches = grouped[:n_whole].view(-1, batch)
+    shuffled = batches[torch.randperm(len(batches), generator=g)].reshape(-1)
+    return torch.cat([shuffled, grouped[n_whole:]])
 
 
 def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
