@@ -25,7 +25,9 @@
 # least-needed part), INDEX=0 (phase search: no train index, when no phase lm follows), EVAL_ONLY=1 (phase lm: skip
 # training and re-run the evaluation of the model in $GPU_WORK/lm, keeping its finished parts: for a second call on the
 # same warm machine when the first was cut; pass the same knobs), RERANK_K=3 (phase lm: the BLEU test rows' CHECK_N candidates
-# ranked by log-probability and by agreement with their top 3 retrieved bodies, after the retrieval BLEU part).
+# ranked by log-probability and by agreement with their top 3 retrieved bodies, after the retrieval BLEU part), GUIDE_ALPHA=0.3
+# (phase lm: the BLEU test rows also decoded greedily with retrieval-guided decoding, top 3 retrieved bodies, one more greedy
+# pass over them).
 # Measured on one H100 (RESULTS.md "GPU session 4"): phase search with two variants side by side 210 s (140 s of training each);
 # phase lm 257 s to the end of 120 s of training (GGUF conversion, tokenising, retrieving context for half the functions: ~135 s),
 # 87 s for the plain evaluation (500 BLEU rows + 164 HumanEval at batch 512), then ~70 s for retrieval BLEU + HumanEval. The
@@ -251,7 +253,7 @@ if [ "$PHASE" = lm ] || [ "$PHASE" = all ]; then
   timeout 300 "$PY" -m fnbody.pipeline.tasks evaluate_generator "$EVAL"
   say "eval: rc $? $(tr -d '\n ' < "$W/eval/summary.json" 2>/dev/null | head -c 1200)"
   cp "$W/eval/summary.json" "$OUT/eval_summary.json" 2>/dev/null
-  AUG="{\"run\": \"$W/lm\", \"corpus\": \"$CORPUS\", \"index\": \"$W/index\", \"plain\": \"$W/eval\", \"out\": \"$W/augment\", \"name\": \"smollm2-rag-ft\", \"rag_k\": 2, \"rag_hybrid\": $RAG_HYBRID, \"checked_n\": $CHECK_N, \"checked_temperature\": 0.8, \"bleu_samples\": $BLEU_N, \"humaneval_problems\": $HE_N, \"max_new_tokens\": $NEW, \"batch_size\": $BATCH, \"timeout\": 10.0, \"device\": \"$DEV\", \"combined\": ${COMBINED:-true}, \"require_body\": true, \"humaneval_first\": ${HE_FIRST:-false}, \"rerank_k\": ${RERANK_K:-0}}"
+  AUG="{\"run\": \"$W/lm\", \"corpus\": \"$CORPUS\", \"index\": \"$W/index\", \"plain\": \"$W/eval\", \"out\": \"$W/augment\", \"name\": \"smollm2-rag-ft\", \"rag_k\": 2, \"rag_hybrid\": $RAG_HYBRID, \"checked_n\": $CHECK_N, \"checked_temperature\": 0.8, \"bleu_samples\": $BLEU_N, \"humaneval_problems\": $HE_N, \"max_new_tokens\": $NEW, \"batch_size\": $BATCH, \"timeout\": 10.0, \"device\": \"$DEV\", \"combined\": ${COMBINED:-true}, \"require_body\": true, \"humaneval_first\": ${HE_FIRST:-false}, \"rerank_k\": ${RERANK_K:-0}, \"guide_alpha\": ${GUIDE_ALPHA:-0}}"
   timeout "${AUG_S:-420}" "$PY" -m fnbody.pipeline.tasks evaluate_augmented "$AUG"
   say "augment: rc $? $(tr -d '\n ' < "$W/augment/summary.json" 2>/dev/null | head -c 3000)"
   # a run cut short leaves the parts it finished in summary.partial.json ("partial": true)

@@ -349,6 +349,9 @@ def test_cli_generate_and_complete_with_rag_and_checked(real_index, tmp_path, ca
                  "--checked", "2", "--rank-by-neighbours", str(index), "--rank-k", "2"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 1
     assert main(["complete", str(run), str(prompt), "--rank-by-neighbours", str(index)]) == 2  # ranking needs --checked
+    capsys.readouterr()
+    assert main(["complete", str(run), str(prompt), "--guide-by-neighbours", str(index)]) == 2  # a char-RNN has no token mixture
+    assert "needs a transformers model" in capsys.readouterr().err
     assert main(["generate", str(run), "--input", str(corpus), "--output", str(tmp_path / "nb.jsonl"), "--max-samples", "2",
                  "--max-new-tokens", "8", "--device", "cpu", "--checked", "2", "--rank-by-neighbours", str(index)]) == 0
     assert json.loads((tmp_path / "nb.jsonl").read_text().splitlines()[0])["model"].endswith("+checked2+nbrank3")
@@ -386,8 +389,10 @@ def test_serve_accepts_the_flags():
     parser = argparse.ArgumentParser()
     serve.register(parser.add_subparsers(), {})
     args = parser.parse_args(["serve", "RUN", "--rag-index", "IDX", "--rag-k", "3", "--checked", "4", "--rag-hybrid", "0.3",
-                              "--rank-by-neighbours", "IDX2", "--rank-k", "5"])
+                              "--rank-by-neighbours", "IDX2", "--rank-k", "5", "--guide-by-neighbours", "IDX3", "--guide-k", "2",
+                              "--guide-alpha", "0.4"])
     assert (args.rag_index, args.rag_k, args.checked, args.rag_hybrid, args.rank_by_neighbours, args.rank_k) == ("IDX", 3, 4, 0.3, "IDX2", 5)
+    assert (args.guide_by_neighbours, args.guide_k, args.guide_alpha) == ("IDX3", 2, 0.4)
 
 
 # ----- training with retrieved context --------------------------------------------------------------
@@ -418,6 +423,17 @@ def test_cli_train_lm_with_retrieved_context(real_index, tmp_path):
     assert info["config"]["data"]["rag_index"] == str(index)
     metas = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*/meta.json")]
     assert metas and all(m["context"].startswith("rag|index:") for m in metas)
+    # Retrieval-guided decoding on the tuned tiny transformer: generate, complete (with --checked on top).
+    out = tmp_path / "guided.jsonl"
+    assert main(["generate", str(run), "--input", str(corpus), "--output", str(out), "--max-samples", "2", "--max-new-tokens", "8",
+                 "--device", "cpu", "--guide-by-neighbours", str(index), "--guide-k", "2", "--guide-alpha", "0.5"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and rows[0]["model"].endswith("+guide2")
+    prompt = tmp_path / "p.py"
+    prompt.write_text(ADD)
+    assert main(["complete", str(run), str(prompt), "--max-new-tokens", "8", "--device", "cpu", "--guide-by-neighbours", str(index),
+                 "--checked", "2"]) == 0
+    assert main(["complete", str(run), str(prompt), "--guide-by-neighbours", str(index), "--guide-alpha", "1.5"]) == 2
 
 
 def test_rag_fraction_picks_a_stable_share_of_training_functions():

@@ -79,6 +79,13 @@ def test_report_has_every_section_with_real_numbers(tiny_run):
     assert "neighbours:k2|sentence-bleu|hybrid:0.3" in rr["neighbours"]["bleu"]["signature"] and "neighbours" not in rr["checked"]["bleu"]["signature"]
     assert rr["neighbours_vs_plain"]["system"] == pytest.approx(rr["neighbours"]["bleu"]["score"])
     assert rr["neighbours_vs_checked"]["baseline"] == pytest.approx(rr["checked"]["bleu"]["score"]) and 0 <= rr["changed_choice"] <= 4
+    # augment.guide_alpha: the test rows decoded with retrieval-guided decoding, beside plain greedy
+    gd = beyond["guide"]
+    assert _is_number(gd["bleu"]["score"]) and "guide:k3|alpha:0.2|n:1-4|hybrid:0.3" in gd["bleu"]["signature"]
+    assert gd["guide_vs_plain"]["system"] == pytest.approx(gd["bleu"]["score"])
+    assert gd["guide_vs_plain"]["baseline"] == pytest.approx(beyond["bleu"]["plain"]["bleu"]["score"])
+    guided = [json.loads(line) for line in (out / "augment" / "gpt2-scratch" / "test_samples_guided.jsonl").read_text().splitlines()]
+    assert len(guided) == 4 and all(g["model"].endswith("+guide3") for g in guided)
     cands = [json.loads(line) for line in (out / "augment" / "gpt2-scratch" / "test_candidates.jsonl").read_text().splitlines()]
     assert len(cands) == 4 and all(1 <= len(c["candidates"]) <= 2 and c["candidates"][0]["source"] == "greedy" for c in cands)
     # the progress file of a finished augment stage is gone: only summary.json, the complete one, remains
@@ -88,6 +95,7 @@ def test_report_has_every_section_with_real_numbers(tiny_run):
                     "## Beyond the report"):
         assert heading in md
     assert "ranked by retrieved neighbours" in md and "Retrieval as a ranker" in md
+    assert "| + retrieval-guided decoding (greedy) |" in md and "Retrieval-guided decoding (nothing added to the prompt" in md
     assert "NBoW encoder fused with BM25, weight 0.3" in md and "paired bootstrap over the test rows: p = " in md
     # The train index records the fusion weight that served search defaults to: the same valid choice as the search
     # stage's eval (same model, same train-split IDF), so the same weight, pairs and grid.
@@ -191,6 +199,8 @@ def test_presets_load_and_bad_overrides_are_named():
         apply_overrides(load_preset("tiny"), ["evaluation.bleu_samples=many"])
     with pytest.raises(FnbodyError, match="rag_hybrid"):
         apply_overrides(load_preset("tiny"), ["augment.rag_hybrid=-1"])
+    with pytest.raises(FnbodyError, match=r"guide_alpha must be in \[0, 1\)"):
+        apply_overrides(load_preset("tiny"), ["augment.guide_alpha=1.5"])
 
 
 def test_generation_stages_start_clean_when_their_settings_change(tmp_path):

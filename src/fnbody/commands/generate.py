@@ -36,6 +36,9 @@ def decoding_config(args: argparse.Namespace):
         raise FnbodyError(f"bad decoding flag: {e}") from None
 
 
+GUIDE_ALPHA = 0.2  # chosen on valid (benchmarks/RESULTS.md, session 10)
+
+
 def add_augment_args(p: argparse.ArgumentParser) -> None:
     """Retrieval-augmented and execution-checked generation flags (generate, complete, serve)."""
     g = p.add_argument_group("retrieval and execution checking")
@@ -53,13 +56,20 @@ def add_augment_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rank-by-neighbours", metavar="INDEX", help="with --checked: after the docstring's examples, rank the candidates by "
                    "their BLEU against the bodies of the prompt's top-k functions in INDEX (own repo excluded) instead of log-probability")
     g.add_argument("--rank-k", type=int, default=3, help="neighbours the candidates are compared with (default 3)")
+    g.add_argument("--guide-by-neighbours", metavar="INDEX", help="transformers models: decode with the continuations found in the "
+                   "bodies of the prompt's top-k functions in INDEX (own repo excluded) mixed into every next-token distribution")
+    g.add_argument("--guide-k", type=int, default=3, help="neighbours that guide decoding (default 3)")
+    g.add_argument("--guide-alpha", type=float, default=GUIDE_ALPHA,
+                   help=f"weight of the neighbours' continuations in the mixture (default {GUIDE_ALPHA:g})")
 
 
 def augment_generator(gen, args: argparse.Namespace, rows: list[dict] | None = None):
     """Wrap `gen` in retrieval and/or execution checking as the flags ask (unchanged when none is given)."""
     rank_index = getattr(args, "rank_by_neighbours", None)
-    if getattr(args, "rag_hybrid", 0.0) and not (getattr(args, "rag_index", None) or rank_index):
-        raise FnbodyError("--rag-hybrid weights retrieval, which needs --rag-index INDEX or --rank-by-neighbours INDEX (an index built with --bm25)")
+    guide_index = getattr(args, "guide_by_neighbours", None)
+    if getattr(args, "rag_hybrid", 0.0) and not (getattr(args, "rag_index", None) or rank_index or guide_index):
+        raise FnbodyError("--rag-hybrid weights retrieval, which needs --rag-index, --rank-by-neighbours or --guide-by-neighbours INDEX "
+                          "(an index built with --bm25)")
     if rank_index and not getattr(args, "checked", 0):
         raise FnbodyError("--rank-by-neighbours ranks sampled candidates: add --checked N")
     from fnbody.augment.rag import repo_lookup
@@ -79,6 +89,11 @@ def augment_generator(gen, args: argparse.Namespace, rows: list[dict] | None = N
 
         gen = RetrievalAugmentedGenerator(gen, load_index(args.rag_index), k=args.rag_k, exclude_repo=exclude, budget_tokens=args.rag_budget_tokens,
                                           hybrid=args.rag_hybrid)
+    if guide_index:  # outside the context wrapper: it retrieves for the prompt itself, with its repo excluded
+        from fnbody.augment.guide import GuidedGenerator
+
+        gen = GuidedGenerator(gen, load_index(guide_index), k=args.guide_k, alpha=args.guide_alpha,
+                              hybrid=args.rag_hybrid or None, exclude_repo=exclude)
     if getattr(args, "checked", 0):
         from fnbody.augment.checked import ExecutionCheckedGenerator
         from fnbody.augment.rerank import NeighbourRanker

@@ -20,7 +20,7 @@ import inspect
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -91,6 +91,8 @@ class LMGenerator:
             raise FnbodyError(f"{name}: the tokenizer has no end-of-text token")
         self.eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else self.eos_ids[0]
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+        # (B, V) float logits and the live rows -> logits: a decoding-time adjustment (retrieval guidance); None = off.
+        self.logits_hook: Callable[[torch.Tensor, list[_Row]], torch.Tensor] | None = None
         backend = getattr(tokenizer, "backend_tokenizer", None)
         # The Rust decoder directly: the Python wrapper costs more than the decode itself.
         self._decode = (lambda ids: backend.decode(ids, skip_special_tokens=True)) if backend is not None else (
@@ -255,6 +257,8 @@ class LMGenerator:
             logits = out.logits[:, -1, :].float()  # (B_live, V)
             if cfg.require_body:
                 logits = self._mask_bodyless(logits, [rows[r] for r in live])
+            if self.logits_hook is not None:
+                logits = self.logits_hook(logits, [rows[r] for r in live])
             tok = _sample(logits, cfg, gen)  # (B_live,)
             logp = torch.log_softmax(logits, -1).gather(-1, tok[:, None]).squeeze(-1)
             is_eos = torch.isin(tok, eos)

@@ -104,9 +104,17 @@ class AugmentStage:
     rerank_k: int = field(default=0, metadata={"help": "> 0: also rank checked_n candidates per BLEU test row by agreement with the bodies "
                                                    "of their top rerank_k retrieved functions, against ranking the same candidates by log-probability"})
 
+    guide_alpha: float = field(default=0.0, metadata={"help": "> 0: also decode the BLEU test rows with retrieval-guided decoding, the "
+                                                        "continuations in their top guide_k retrieved bodies mixed in at this weight"})
+    guide_k: int = field(default=3, metadata={"help": "neighbours that guide decoding"})
+
     def __post_init__(self) -> None:
         if not (self.rag_hybrid >= 0 and math.isfinite(self.rag_hybrid)):
             raise ValueError(f"rag_hybrid must be a finite number >= 0, got {self.rag_hybrid}")
+        if not 0 <= self.guide_alpha < 1:
+            raise ValueError(f"guide_alpha must be in [0, 1) (0 = off), got {self.guide_alpha}")
+        if self.guide_k < 1:
+            raise ValueError(f"guide_k must be >= 1, got {self.guide_k}")
         if self.rerank_k < 0:
             raise ValueError(f"rerank_k must be >= 0 (0 = off), got {self.rerank_k}")
 

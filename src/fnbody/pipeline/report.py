@@ -248,6 +248,10 @@ def _beyond_section(out: Path, rep: dict, md: list[str]) -> None:
                 m = rr[key]
                 md.append(f"| {label} | {_fmt(m['seed-bleu']['score'], 4)} | {_fmt(m['bleu']['score'], 2)} | {_fmt(m['bleu'].get('bp'), 3)} | "
                           f"{_fmt(m['codexglue-bleu']['score'], 2)} | |")
+        gd = s.get("guide")  # greedy decoding steered by the retrieved bodies' continuations
+        if gd:
+            md.append(f"| + retrieval-guided decoding (greedy) | {_fmt(gd['seed-bleu']['score'], 4)} | {_fmt(gd['bleu']['score'], 2)} | "
+                      f"{_fmt(gd['bleu'].get('bp'), 3)} | {_fmt(gd['codexglue-bleu']['score'], 2)} | |")
         base, with_rag = b["plain"]["bleu"]["score"], b["rag"]["bleu"]["score"]
         gain = with_rag / base - 1 if base else None
         rep["beyond"][run.name]["bleu_gain"] = gain
@@ -266,8 +270,14 @@ def _beyond_section(out: Path, rep: dict, md: list[str]) -> None:
                       f"{_rel(vs_plain)} relative to plain greedy (p = {vs_plain['p_value']:.3f}) and {_rel(vs_lp)} relative to the "
                       f"log-probability choice among the same candidates (p = {vs_lp['p_value']:.3f}); the two rankings chose "
                       f"differently on {rr['changed_choice']} rows.\n")
+        if gd:
+            vs = gd["guide_vs_plain"]
+            md.append(f"Retrieval-guided decoding (nothing added to the prompt; the continuations found in the top retrieved bodies are "
+                      f"mixed into every next-token distribution): BLEU {_rel(vs)} relative to plain greedy (p = {vs['p_value']:.3f}).\n")
         for side in ("plain", "rag"):
             md.append(f"- BLEU {side}: `{b[side]['bleu']['signature']}`")
+        if gd:
+            md.append(f"- BLEU guided: `{gd['bleu']['signature']}`")
         if rr:
             md.append(f"- BLEU neighbour-ranked: `{rr['neighbours']['bleu']['signature']}`")
         if test:

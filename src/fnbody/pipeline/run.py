@@ -188,7 +188,7 @@ def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
                 task_cmd("evaluate_augmented", run=str(out / "lm" / target), corpus=str(corpus), index=str(index),
                          plain=str(out / "eval" / target), out=str(aug), name=target, rag_k=a.rag_k,
                          rag_budget_tokens=a.rag_budget_tokens, rag_hybrid=a.rag_hybrid, checked_n=a.checked_n, checked_temperature=a.checked_temperature, combined=a.combined,
-                         rerank_k=a.rerank_k,
+                         rerank_k=a.rerank_k, guide_alpha=a.guide_alpha, guide_k=a.guide_k,
                          bleu_samples=e.bleu_samples, humaneval_problems=e.humaneval_problems, max_new_tokens=e.max_new_tokens,
                          batch_size=e.batch_size, timeout=e.timeout, seed=cfg.seed, device=dev, require_body=e.require_body)],
             outputs=[aug / "summary.json"], deps=["corpus", "rag-index", f"eval-{target}"], workdir=aug,  # as eval: no stale partials

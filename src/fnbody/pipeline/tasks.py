@@ -105,13 +105,18 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
                        rag_budget_tokens: int = 0, rag_hybrid: float = 0.0, checked_n: int = 8, checked_temperature: float = 0.8,
                        bleu_samples: int = 1000, humaneval_problems: int = 0, max_new_tokens: int = 256, batch_size: int = 8,
                        timeout: float = 10.0, seed: int = 0, device: str = "auto", combined: bool = False,
-                       require_body: bool = False, humaneval_first: bool = False, rerank_k: int = 0) -> dict:
+                       require_body: bool = False, humaneval_first: bool = False, rerank_k: int = 0,
+                       guide_alpha: float = 0.0, guide_k: int = 3) -> dict:
     """Beyond the report: BLEU and pass@1 with retrieval, and pass@1 of the execution-checked top candidate.
 
     With `rerank_k` > 0, retrieval also steers without entering the prompt: `checked_n` candidates per test row
     (greedy + samples, sampled once and kept in test_candidates.jsonl) are ranked two ways, by log-probability and
     by agreement with the bodies of the row's top `rerank_k` retrieved functions (own repo excluded), and the
     top candidate of each is scored by BLEU beside plain greedy.
+
+    With `guide_alpha` > 0, the BLEU test rows are also decoded greedily with retrieval-guided decoding
+    (`GuidedGenerator`: the continuations in the bodies of each row's top `guide_k` retrieved functions, own repo
+    excluded, mixed into every next-token distribution at weight `guide_alpha`) and scored beside plain greedy.
 
     With `combined`, HumanEval is also scored for both at once: N candidates sampled with retrieved
     context, then ranked by doctests and log-probability.
@@ -151,6 +156,14 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
     # measured; summary.json, which the report reads, is written only once every part is done.
     partial = out_dir / "summary.partial.json"
 
+    def plain_for(rows: list[dict]) -> list[str]:
+        """The plain evaluation's greedy bodies for `rows`, in order."""
+        plain_got = {s["task_id"]: s["completion"] for s in read_jsonl(plain_dir / "test_samples.jsonl")}
+        missing = [r["task_id"] for r in rows if r["task_id"] not in plain_got]
+        if missing:
+            raise FnbodyError(f"{plain_dir}: plain samples lack {len(missing)} test rows (first {missing[0]!r}); rerun its evaluation")
+        return [plain_got[r["task_id"]] for r in rows]
+
     def bleu_part() -> None:
         # --- retrieval on the corpus test split: the same rows as the plain evaluation -------------------
         rows = load_prompts(corpus, split="test", max_samples=bleu_samples or None)
@@ -158,14 +171,11 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
         rag_samples = out_dir / "test_samples_rag.jsonl"
         generate_samples(rag, rows, cfg, rag_samples, reuse_complete=True)
         got = {s["task_id"]: s["completion"] for s in read_jsonl(rag_samples)}
-        plain_got = {s["task_id"]: s["completion"] for s in read_jsonl(plain_dir / "test_samples.jsonl")}
-        missing = [r["task_id"] for r in rows if r["task_id"] not in plain_got]
-        if missing:
-            raise FnbodyError(f"{plain_dir}: plain samples lack {len(missing)} test rows (first {missing[0]!r}); rerun its evaluation")
+        plain_hyps = plain_for(rows)
         refs, codes = [r["body"] for r in rows], [r["code"] for r in rows]
         data_sig = f"data:{Path(corpus).name}/test|n:{len(rows)}"
         sig = _rag_signature(idx, rag_k, rag_hybrid)
-        rag_hyps, plain_hyps = [got[r["task_id"]] for r in rows], [plain_got[r["task_id"]] for r in rows]
+        rag_hyps = [got[r["task_id"]] for r in rows]
         with_rag, without = bleu_report(rag_hyps, refs, codes)["metrics"], bleu_report(plain_hyps, refs, codes)["metrics"]
         retrievals = rag.retrieve([r["prompt"] for r in rows], max_new_tokens)
         summary["bleu"] = {
@@ -227,8 +237,7 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
 
         ranker = NeighbourRanker(idx, k=rerank_k, hybrid=rag_hybrid, exclude_repo=repo_lookup(rows))
         by_lp, by_nb = top(None), top(ranker)
-        plain_got = {s["task_id"]: s["completion"] for s in read_jsonl(plain_dir / "test_samples.jsonl")}
-        plain_hyps = [plain_got[r["task_id"]] for r in rows]
+        plain_hyps = plain_for(rows)
         refs, codes = [r["body"] for r in rows], [r["code"] for r in rows]
         data_sig = f"data:{Path(corpus).name}/test|n:{len(rows)}|model:{name}"
         lp_sig = f"checked:n{checked_n}|T:{checked_temperature:g}|rank:doctests>logprob"
@@ -244,9 +253,29 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
         summary["rerank"] = out
         write_json(partial, {**summary, "partial": True})
 
+    def guide_part() -> None:
+        # --- retrieval-guided decoding: greedy, the neighbours' continuations mixed into each step --------------
+        from fnbody.augment.guide import GuidedGenerator
+
+        rows = load_prompts(corpus, split="test", max_samples=bleu_samples or None)
+        guided = GuidedGenerator(gen, idx, k=guide_k, alpha=guide_alpha, hybrid=rag_hybrid, exclude_repo=repo_lookup(rows))
+        path = out_dir / "test_samples_guided.jsonl"
+        generate_samples(guided, rows, cfg, path, reuse_complete=True)
+        got = {s["task_id"]: s["completion"] for s in read_jsonl(path)}
+        hyps, plain_hyps = [got[r["task_id"]] for r in rows], plain_for(rows)
+        refs, codes = [r["body"] for r in rows], [r["code"] for r in rows]
+        sig = (f"data:{Path(corpus).name}/test|n:{len(rows)}|model:{name}|{guided.signature}"
+               f"|index:{idx.info.get('encoder', 'unknown')}-{idx.info.get('count')}|exclude:own-repo")
+        out = {k: {**v, "signature": f"{v['signature']}|{sig}"} for k, v in bleu_report(hyps, refs, codes)["metrics"].items()}
+        paired = paired_bleu_test(plain_hyps, hyps, refs)
+        out["guide_vs_plain"] = {**paired, "signature": f"{paired['signature']}|{sig}"}
+        summary["guide"] = out
+        write_json(partial, {**summary, "partial": True})
+
     parts = [humaneval_part, bleu_part] if humaneval_first else [bleu_part, humaneval_part]
-    if rerank_k > 0:
-        parts.insert(parts.index(bleu_part) + 1, rerank_part)
+    for on, part in ((guide_alpha > 0, guide_part), (rerank_k > 0, rerank_part)):
+        if on:
+            parts.insert(parts.index(bleu_part) + 1, part)
     for part in parts:
         part()
     write_json(out_dir / "summary.json", summary)
