@@ -24,22 +24,50 @@ import time
 from pathlib import Path
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def experiment_args(doc: str) -> argparse.ArgumentParser:
+    """The flags every retrieval-steering experiment shares (this one and rag_decode.py): model, rows, index, decoding."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--run", required=True, help="generator run (any fnbody model folder)")
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--index", required=True, help="search index of the corpus's train split")
     ap.add_argument("--hybrid", type=float, default=None, help="BM25 fusion weight of the retrieval (default: the index's own)")
     ap.add_argument("--split", default="valid")
     ap.add_argument("-n", type=int, default=150, help="first N prompts of the split")
-    ap.add_argument("--checked", type=int, default=8, help="candidates per prompt: greedy + N-1 samples")
-    ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--require-body", action="store_true")
-    ap.add_argument("--k", default="1,3,5", help="neighbour counts to compare")
-    ap.add_argument("--cache", help="JSON file of the sampled candidates (written once, reused when it matches)")
+    ap.add_argument("--cache", help="JSON file of the generations (written once, reused when it matches)")
     ap.add_argument("--threads", type=int, default=0)
+    return ap
+
+
+def print_table(args, index, rows: list[dict], decoding: str, picks: dict[str, list[str]], baselines: dict[str, list[str]],
+                first: str, extra_sig: str = "") -> None:
+    """A markdown row per output set: the BLEU family, then its ratio to each baseline (paired-bootstrap p); the signature."""
+    from fnbody.evaluate.bleu import bleu_report, paired_bleu_test
+
+    refs, codes = [r["body"] for r in rows], [r["code"] for r in rows]
+    vs = "".join(f" vs {name} (p) |" for name in baselines)
+    print(f"| {first} | BLEU | brevity penalty | n-gram precisions | CodeXGLUE BLEU | chrF |{vs}\n|---|---:|---:|---|---:|---:|"
+          + "---:|" * len(baselines))
+    for name, hyps in picks.items():
+        m = bleu_report(hyps, refs, codes)["metrics"]
+        cells = [f"{m['bleu']['score']:.3f}", f"{m['bleu']['bp']:.3f}", "/".join(f"{p:.1f}" for p in m["bleu"]["precisions"]),
+                 f"{m['codexglue-bleu']['score']:.2f}", f"{m['chrf']['score']:.2f}"]
+        for other in baselines.values():
+            t = None if hyps is other else paired_bleu_test(other, hyps, refs)
+            cells.append(f"{t['system'] / t['baseline']:.2f}x ({t['p_value']:.3f})" if t and t["baseline"] else "-")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    hybrid = args.hybrid if args.hybrid is not None else index.default_hybrid
+    print(f"signature: {m['bleu']['signature']}|data:{Path(args.corpus).name}/{args.split}|n:{len(rows)}|{decoding}"
+          f"|index:{index.info.get('encoder')}-{len(index)}|hybrid:{hybrid:g}{extra_sig}|exclude:own-repo")
+
+
+def main() -> int:
+    ap = experiment_args(__doc__)
+    ap.add_argument("--checked", type=int, default=8, help="candidates per prompt: greedy + N-1 samples")
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--k", default="1,3,5", help="neighbour counts to compare")
     args = ap.parse_args()
 
     import torch
@@ -47,7 +75,6 @@ def main() -> int:
     from fnbody.augment.checked import Candidate, ExecutionCheckedGenerator
     from fnbody.augment.rag import repo_lookup
     from fnbody.augment.rerank import NeighbourRanker
-    from fnbody.evaluate.bleu import bleu_report, paired_bleu_test
     from fnbody.generate.base import GenerationConfig
     from fnbody.generate.load import load_generator
     from fnbody.generate.prompts import load_prompts
@@ -97,23 +124,8 @@ def main() -> int:
         picks[f"any-candidate neighbours k={k}"] = [  # diagnostic: parsing is not required
             max(cs, key=lambda c: (ranker.agreement(c["text"], nb), c["src"] == "greedy"))["text"] if cs else ""
             for cs, nb in zip(cands, refs_k)]
-    refs, codes = [r["body"] for r in rows], [r["code"] for r in rows]
-    base, lp = picks["greedy"], picks["log-prob"]
     print(f"\n{args.split}, n = {len(rows)}, {decoding}; ratios against greedy and log-prob measured in this run")
-    print("| choice | BLEU | brevity penalty | CodeXGLUE BLEU | chrF | vs greedy (p) | vs log-prob (p) |\n|---|---:|---:|---:|---:|---:|---:|")
-    for name, hyps in picks.items():
-        m = bleu_report(hyps, refs, codes)["metrics"]
-        cells = [f"{m['bleu']['score']:.3f}", f"{m['bleu']['bp']:.3f}", f"{m['codexglue-bleu']['score']:.2f}", f"{m['chrf']['score']:.2f}"]
-        for other in (base, lp):
-            if hyps is other:
-                cells.append("-")
-                continue
-            t = paired_bleu_test(other, hyps, refs)
-            cells.append(f"{t['system'] / t['baseline']:.2f}x ({t['p_value']:.3f})" if t["baseline"] else "-")
-        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
-    hybrid = args.hybrid if args.hybrid is not None else index.default_hybrid
-    print(f"signature: {m['bleu']['signature']}|data:{Path(args.corpus).name}/{args.split}|n:{len(rows)}|{decoding}"
-          f"|index:{index.info.get('encoder')}-{len(index)}|hybrid:{hybrid:g}|exclude:own-repo")
+    print_table(args, index, rows, decoding, picks, {"greedy": picks["greedy"], "log-prob": picks["log-prob"]}, "choice")
     return 0
 
 
