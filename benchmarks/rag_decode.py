@@ -25,6 +25,7 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=3, help="neighbours per prompt")
     ap.add_argument("--settings", default="0.3:1", help="comma-separated alpha:min_n pairs")
     ap.add_argument("--max-n", type=int, default=4)
+    ap.add_argument("--plot", help="PNG of BLEU and brevity penalty against alpha (min_n = 1 settings), plain greedy beside")
     args = ap.parse_args()
 
     import torch
@@ -75,7 +76,29 @@ def main() -> int:
     print(f"\n{args.split}, n = {len(rows)}, {decoding}, k = {args.k}; ratios against plain greedy measured in this run")
     print_table(args, index, rows, decoding, {name: outputs[name] for name, _ in settings}, {"plain": outputs["plain"]},
                 "decoding", f"|k:{args.k}")
+    if args.plot:
+        plot_alpha(outputs, settings, rows, args.plot, f"{args.split}, n = {len(rows)}, k = {args.k}")
     return 0
+
+
+def plot_alpha(outputs: dict[str, list[str]], settings: list, rows: list[dict], png: str, title: str) -> None:
+    """BLEU and brevity penalty of each guided alpha (min_n = 1) beside plain greedy's."""
+    from fnbody.evaluate.bleu import bleu_report
+    from fnbody.plots import plot_curves
+
+    refs, codes = [r["body"] for r in rows], [r["code"] for r in rows]
+
+    def bleu(name: str) -> dict:
+        return bleu_report(outputs[name], refs, codes)["metrics"]["bleu"]
+
+    plain = bleu("plain")
+    points = sorted((s[0], bleu(name)) for name, s in settings if s is not None and s[1] == 1)
+    curve = [{"alpha": 0.0, "guided BLEU": plain["score"], "plain BLEU": plain["score"], "guided bp": plain["bp"], "plain bp": plain["bp"]}]
+    curve += [{"alpha": a, "guided BLEU": m["score"], "plain BLEU": plain["score"], "guided bp": m["bp"], "plain bp": plain["bp"]}
+              for a, m in points]
+    plot_curves(curve, png, panels=[("BLEU", ["guided BLEU", "plain BLEU"]), ("brevity penalty", ["guided bp", "plain bp"])],
+                x="alpha", title=f"retrieval-guided decoding: {title}")
+    print(f"plot: {png}")
 
 
 if __name__ == "__main__":
