@@ -53,7 +53,7 @@ def reindent(body: str, indent: str) -> str:
 class NeighbourGuide:
     """A `LMGenerator.logits_hook` mixing each row's next-token distribution with its neighbours' continuations."""
 
-    def __init__(self, tokenizer, references: dict[str, Sequence[str]], alpha: float = 0.3, max_n: int = 4, min_n: int = 1) -> None:
+    def __init__(self, tokenizer, references: dict[str, Sequence[str]], alpha: float = 0.2, max_n: int = 4, min_n: int = 1) -> None:
         if not 0 < alpha < 1:
             raise FnbodyError(f"retrieval-guided decoding: alpha must be in (0, 1), got {alpha}")
         if not 1 <= min_n <= max_n:
@@ -63,10 +63,6 @@ class NeighbourGuide:
         self.alpha, self.max_n, self.min_n = alpha, max_n, min_n
         self._tables: dict[str, NgramTable] = {}
         self.steps = self.matched = 0
-
-    @property
-    def signature(self) -> str:
-        return f"guide:alpha{self.alpha:g}|n{self.min_n}-{self.max_n}"
 
     def table(self, prompt: str) -> NgramTable:
         """The n-gram table of the neighbours of `prompt` (or of the prompt it ends with: retrieved context may precede it)."""
@@ -115,7 +111,7 @@ class GuidedGenerator:
     generator or a wrapper around one (retrieved context, for instance).
     """
 
-    def __init__(self, base, index, k: int = 3, alpha: float = 0.3, hybrid: float | None = None,
+    def __init__(self, base, index, k: int = 3, alpha: float = 0.2, hybrid: float | None = None,
                  exclude_repo: Callable[[str], str | None] | None = None, max_n: int = 4, min_n: int = 1) -> None:
         from fnbody.augment.rerank import NeighbourRanker
 
