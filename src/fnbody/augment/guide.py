@@ -44,6 +44,14 @@ class NgramTable:
         return None
 
 
+def check_settings(alpha: float, max_n: int, min_n: int) -> None:
+    """FnbodyError naming a mixture weight outside (0, 1) or an n-gram range that is empty."""
+    if not 0 < alpha < 1:
+        raise FnbodyError(f"retrieval-guided decoding: alpha must be in (0, 1), got {alpha}")
+    if not 1 <= min_n <= max_n:
+        raise FnbodyError(f"retrieval-guided decoding: need 1 <= min_n <= max_n, got {min_n}, {max_n}")
+
+
 def reindent(body: str, indent: str) -> str:
     """A body moved to `indent` (its common indentation replaced), ending with one newline."""
     lines = textwrap.dedent(body).strip("\n").splitlines()
@@ -54,10 +62,7 @@ class NeighbourGuide:
     """A `LMGenerator.logits_hook` mixing each row's next-token distribution with its neighbours' continuations."""
 
     def __init__(self, tokenizer, references: dict[str, Sequence[str]], alpha: float = 0.2, max_n: int = 4, min_n: int = 1) -> None:
-        if not 0 < alpha < 1:
-            raise FnbodyError(f"retrieval-guided decoding: alpha must be in (0, 1), got {alpha}")
-        if not 1 <= min_n <= max_n:
-            raise FnbodyError(f"retrieval-guided decoding: need 1 <= min_n <= max_n, got {min_n}, {max_n}")
+        check_settings(alpha, max_n, min_n)
         self.tokenizer = tokenizer
         self.references = references  # prompt -> bodies of its retrieved neighbours
         self.alpha, self.max_n, self.min_n = alpha, max_n, min_n
@@ -119,7 +124,7 @@ class GuidedGenerator:
         if self.lm is None:
             raise FnbodyError(f"retrieval-guided decoding mixes next-token distributions: it needs a transformers model, "
                               f"not {getattr(base, 'name', type(base).__name__)}")
-        NeighbourGuide(self.lm.tokenizer, {}, alpha, max_n, min_n)  # settings checked before any retrieval
+        check_settings(alpha, max_n, min_n)  # before any retrieval
         self.base = base
         self.retriever = NeighbourRanker(index, k=k, hybrid=hybrid, exclude_repo=exclude_repo)
         self.alpha, self.max_n, self.min_n = alpha, max_n, min_n
@@ -130,9 +135,7 @@ class GuidedGenerator:
 
     @property
     def signature(self) -> str:
-        r = self.retriever
-        hybrid = r.hybrid if r.hybrid is not None else getattr(r.index, "default_hybrid", 0.0)
-        return f"guide:k{r.k}|alpha:{self.alpha:g}|n:{self.min_n}-{self.max_n}|hybrid:{hybrid:g}"
+        return f"guide:k{self.retriever.k}|alpha:{self.alpha:g}|n:{self.min_n}-{self.max_n}|hybrid:{self.retriever.weight:g}"
 
     def guide(self, prompts: Sequence[str]) -> NeighbourGuide:
         return NeighbourGuide(self.lm.tokenizer, dict(zip(prompts, self.retriever.references(prompts))),

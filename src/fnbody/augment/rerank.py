@@ -44,9 +44,13 @@ class NeighbourRanker:
         self.exclude_repo = exclude_repo
 
     @property
+    def weight(self) -> float:
+        """The BM25 fusion weight retrieval uses: the one given, else the index's recorded one (0: dense only)."""
+        return self.hybrid if self.hybrid is not None else getattr(self.index, "default_hybrid", 0.0)
+
+    @property
     def signature(self) -> str:
-        w = self.hybrid if self.hybrid is not None else getattr(self.index, "default_hybrid", 0.0)
-        return f"neighbours:k{self.k}|sentence-bleu|hybrid:{w:g}"
+        return f"neighbours:k{self.k}|sentence-bleu|hybrid:{self.weight:g}"
 
     def references(self, prompts: Sequence[str], exclude_repos: Sequence[str | None] | None = None) -> list[list[str]]:
         """For each prompt, the bodies of its top-k retrieved functions, best first (own repo excluded)."""

@@ -8,6 +8,7 @@ Rerun into the same folder, a task resumes its unfinished sample files and keeps
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -156,9 +157,20 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
     # measured; summary.json, which the report reads, is written only once every part is done.
     partial = out_dir / "summary.partial.json"
 
+    @functools.cache
+    def test_rows() -> list[dict]:
+        """The BLEU test rows, the plain evaluation's: read once for every part that scores them."""
+        return load_prompts(corpus, split="test", max_samples=bleu_samples or None)
+
+    @functools.cache
+    def plain_samples() -> dict[str, str]:
+        return {s["task_id"]: s["completion"] for s in read_jsonl(plain_dir / "test_samples.jsonl")}
+
+    index_sig = f"index:{idx.info.get('encoder', 'unknown')}-{idx.info.get('count')}|exclude:own-repo"
+
     def plain_for(rows: list[dict]) -> list[str]:
         """The plain evaluation's greedy bodies for `rows`, in order."""
-        plain_got = {s["task_id"]: s["completion"] for s in read_jsonl(plain_dir / "test_samples.jsonl")}
+        plain_got = plain_samples()
         missing = [r["task_id"] for r in rows if r["task_id"] not in plain_got]
         if missing:
             raise FnbodyError(f"{plain_dir}: plain samples lack {len(missing)} test rows (first {missing[0]!r}); rerun its evaluation")
@@ -166,7 +178,7 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
 
     def bleu_part() -> None:
         # --- retrieval on the corpus test split: the same rows as the plain evaluation -------------------
-        rows = load_prompts(corpus, split="test", max_samples=bleu_samples or None)
+        rows = test_rows()
         rag = RetrievalAugmentedGenerator(gen, idx, k=rag_k, exclude_repo=repo_lookup(rows), budget_tokens=rag_budget_tokens, hybrid=rag_hybrid)
         rag_samples = out_dir / "test_samples_rag.jsonl"
         generate_samples(rag, rows, cfg, rag_samples, reuse_complete=True)
@@ -220,7 +232,7 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
         from fnbody.augment.checked import Candidate
         from fnbody.augment.rerank import NeighbourRanker
 
-        rows = load_prompts(corpus, split="test", max_samples=bleu_samples or None)
+        rows = test_rows()
         prompts = [r["prompt"] for r in rows]
         chk = ExecutionCheckedGenerator(gen, n_candidates=checked_n, temperature=checked_temperature)
         cand_path = out_dir / "test_candidates.jsonl"
@@ -242,7 +254,7 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
         data_sig = f"data:{Path(corpus).name}/test|n:{len(rows)}|model:{name}"
         lp_sig = f"checked:n{checked_n}|T:{checked_temperature:g}|rank:doctests>logprob"
         nb_sig = (f"checked:n{checked_n}|T:{checked_temperature:g}|rank:doctests>{ranker.signature}>logprob"
-                  f"|index:{idx.info.get('encoder', 'unknown')}-{idx.info.get('count')}|exclude:own-repo")
+                  f"|{index_sig}")
         out = {}
         for key, hyps, sig in (("checked", by_lp, lp_sig), ("neighbours", by_nb, nb_sig)):
             out[key] = {k: {**v, "signature": f"{v['signature']}|{data_sig}|{sig}"} for k, v in bleu_report(hyps, refs, codes)["metrics"].items()}
@@ -257,15 +269,14 @@ def evaluate_augmented(run: str, corpus: str, index: str, plain: str, out: str, 
         # --- retrieval-guided decoding: greedy, the neighbours' continuations mixed into each step --------------
         from fnbody.augment.guide import GuidedGenerator
 
-        rows = load_prompts(corpus, split="test", max_samples=bleu_samples or None)
+        rows = test_rows()
         guided = GuidedGenerator(gen, idx, k=guide_k, alpha=guide_alpha, hybrid=rag_hybrid, exclude_repo=repo_lookup(rows))
         path = out_dir / "test_samples_guided.jsonl"
         generate_samples(guided, rows, cfg, path, reuse_complete=True)
         got = {s["task_id"]: s["completion"] for s in read_jsonl(path)}
         hyps, plain_hyps = [got[r["task_id"]] for r in rows], plain_for(rows)
         refs, codes = [r["body"] for r in rows], [r["code"] for r in rows]
-        sig = (f"data:{Path(corpus).name}/test|n:{len(rows)}|model:{name}|{guided.signature}"
-               f"|index:{idx.info.get('encoder', 'unknown')}-{idx.info.get('count')}|exclude:own-repo")
+        sig = f"data:{Path(corpus).name}/test|n:{len(rows)}|model:{name}|{guided.signature}|{index_sig}"
         out = {k: {**v, "signature": f"{v['signature']}|{sig}"} for k, v in bleu_report(hyps, refs, codes)["metrics"].items()}
         paired = paired_bleu_test(plain_hyps, hyps, refs)
         out["guide_vs_plain"] = {**paired, "signature": f"{paired['signature']}|{sig}"}
