@@ -58,6 +58,29 @@ def test_stream_joins_to_generate(tokenizer):
     assert len(pieces) > 1  # it streams, not one final chunk
 
 
+def _drain(it):
+    """(pieces, the generator's return value)."""
+    pieces = []
+    while True:
+        try:
+            pieces.append(next(it))
+        except StopIteration as stop:
+            return pieces, stop.value
+
+
+@pytest.mark.parametrize("max_new,finish", [(4, "length"), (60, "stop")])
+def test_stream_returns_the_completion_with_generates_finish_reason(tokenizer, max_new, finish):
+    # The server reads the finish reason from here: counting pieces cannot tell, since merged characters and empty
+    # pieces make fewer pieces than tokens.
+    gen = scripted(tokenizer, "    naïve = 'héllo wörld'\n    return naïve\nprint(x)\n")
+    cfg = GenerationConfig(max_new_tokens=max_new)
+    pieces, done = _drain(gen.stream(PROMPT, cfg))
+    [[c]] = gen.generate([PROMPT], cfg)
+    assert (done.text, done.finish_reason, done.num_tokens) == (c.text, c.finish_reason, c.num_tokens)
+    assert c.finish_reason == finish and "".join(pieces) == c.text
+    assert gen.count_tokens(c.text) > 0 and gen.count_tokens("") == 0
+
+
 def test_batched_rows_finish_independently(tokenizer):
     gen = scripted(tokenizer, "    return a + b\nprint(x)\n")
     prompts = [PROMPT, PROMPT, "class A:\n" + "    def add(a, b):\n        \"\"\"Add.\"\"\"\n"]
@@ -93,6 +116,19 @@ def test_sampling_filters():
     seen = {_sample(logits, GenerationConfig(temperature=5.0, top_k=2), g).item() for _ in range(200)}
     assert seen == {2, 3}
     assert _sample(logits, GenerationConfig(), None).item() == 3
+    # A temperature that overflows the logits (1e-40 is below float32's normal range) or a top_p below float32's
+    # smallest step still picks the argmax instead of sampling from NaNs.
+    assert _sample(logits, GenerationConfig(temperature=1e-40), g).item() == 3
+    assert _sample(logits, GenerationConfig(temperature=1.0, top_p=1e-46), g).item() == 3
+    masked = torch.tensor([[float("-inf"), 1.0, 2.0, float("-inf")]])
+    assert _sample(masked, GenerationConfig(temperature=1e-30), g).item() == 2
+
+
+def test_seed_must_fit_torch_generators():
+    GenerationConfig(seed=2**63 - 1)
+    for bad in (2**63, 2**64, -1):
+        with pytest.raises(ValueError, match="seed must be in"):
+            GenerationConfig(seed=bad)
 
 
 def test_batched_left_padding_matches_one_at_a_time():

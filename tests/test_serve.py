@@ -81,6 +81,9 @@ class ScriptedGenerator:
             self.streams_closed += 1
         return Completion(text=text, finish_reason=finish, num_tokens=len(text))
 
+    def count_tokens(self, text: str) -> int:  # characters, as the completions count them
+        return len(text)
+
 
 class ListIndex:
     """A search index over a few records, ranked by shared words (numpy-free but returns a numpy-like score)."""
@@ -165,6 +168,7 @@ def sse_payloads(text: str) -> list:
 def test_health_models_and_openapi(client):
     h = client.get("/health").json()
     assert h["status"] == "ok" and h["model"] == "scripted" and h["search"] is False and h["queue_depth"] == 0
+    assert (h["max_tokens_cap"], h["default_max_tokens"]) == (ServeSettings().max_tokens_cap, ServeSettings().default_max_tokens)
     models = client.get("/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["scripted"] and models["object"] == "list"
     assert client.get("/v1/models/scripted").json()["id"] == "scripted"
@@ -214,6 +218,26 @@ def test_stream_matches_non_stream(client):
     assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
 
 
+def test_usage_is_reported_and_streams_can_ask_for_it(client):
+    whole = client.post("/v1/completions", json={"prompt": [PROMPT, PROMPT], "max_tokens": 12}).json()
+    assert whole["usage"] == {"prompt_tokens": 2 * len(PROMPT), "completion_tokens": 24, "total_tokens": 2 * len(PROMPT) + 24}
+    r = client.post("/v1/completions", json={"prompt": [PROMPT, PROMPT], "max_tokens": 12, "stream": True,
+                                             "stream_options": {"include_usage": True}})
+    events = sse_payloads(r.text)
+    assert events[-1] == "[DONE]" and events[-2]["choices"] == [] and events[-2]["usage"] == whole["usage"]
+    assert all("usage" not in e for e in events[:-2])
+    plain = sse_payloads(client.post("/v1/completions", json={"prompt": PROMPT, "stream": True}).text)
+    assert all(e == "[DONE]" or e["choices"] for e in plain)  # no usage chunk unless asked
+
+
+def test_neutral_values_of_unsupported_openai_parameters_are_accepted(client):
+    # What client libraries send by default; anything else is refused by name (BAD_REQUESTS).
+    r = client.post("/v1/completions", json={"prompt": PROMPT, "logprobs": None, "suffix": None, "presence_penalty": 0,
+                                             "frequency_penalty": 0.0, "best_of": 1, "logit_bias": {}, "user": "u"})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == BODY
+
+
 def test_stream_n_gives_distinct_indices_and_seeds(client, gen):
     r = client.post("/v1/completions", json={"prompt": PROMPT, "stream": True, "n": 2, "temperature": 1.0, "seed": 3})
     texts: dict[int, str] = {}
@@ -238,7 +262,15 @@ BAD_REQUESTS = [
     ("max_tokens over cap", {"prompt": PROMPT, "max_tokens": 100000}, 400, "max_tokens: 100000 exceeds"),
     ("negative temperature", {"prompt": PROMPT, "temperature": -1}, 400, "temperature"),
     ("top_p zero", {"prompt": PROMPT, "top_p": 0}, 400, "top_p"),
-    ("unknown field", {"prompt": PROMPT, "logprobs": 3}, 400, "logprobs"),
+    ("unsupported logprobs", {"prompt": PROMPT, "logprobs": 3}, 400, "logprobs: not supported"),
+    ("unsupported penalty", {"prompt": PROMPT, "presence_penalty": 0.5}, 400, "presence_penalty: not supported"),
+    ("unsupported best_of", {"prompt": PROMPT, "best_of": 3}, 400, "best_of: not supported"),
+    ("unsupported logit_bias", {"prompt": PROMPT, "logit_bias": {"50256": -100}}, 400, "logit_bias: not supported"),
+    ("stream_options without stream", {"prompt": PROMPT, "stream_options": {"include_usage": True}}, 400, "stream_options"),
+    ("unknown field", {"prompt": PROMPT, "frobnicate": 1}, 400, "frobnicate"),
+    ("seed over 64 bits", {"prompt": PROMPT, "temperature": 1, "seed": 2**64}, 400, "seed"),
+    ("negative seed", {"prompt": PROMPT, "temperature": 1, "seed": -1}, 400, "seed"),
+    ("lone surrogate", b'{"prompt": "def f():\\n    \\"\\"\\"\\ud800\\"\\"\\"\\n"}', 400, "lone surrogate"),
     ("missing prompt", {"max_tokens": 3}, 400, "prompt"),
     ("no def line", {"prompt": "hello world"}, 400, "no `def` line"),
     ("one bad prompt in a list", {"prompt": [PROMPT, "x = 1\n"]}, 400, "prompt[1]"),
@@ -289,7 +321,7 @@ def test_unknown_route_and_method(client):
     r = client.get("/v1/nothing")
     assert r.status_code == 404 and r.json()["error"]["message"]
     r = client.get("/v1/completions")
-    assert r.status_code == 405 and r.json()["error"]["message"]
+    assert r.status_code == 405 and r.json()["error"]["message"] and r.headers["allow"] == "POST"
 
 
 def test_generated_code_is_never_executed(tmp_path):
@@ -553,3 +585,9 @@ def test_worker_runs_in_order_and_skips_cancelled_jobs():
         return ran
 
     assert asyncio.run(scenario()) == [1, 3]
+
+
+def test_settings_refuse_a_timeout_that_is_not_a_finite_positive_number():
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(FnbodyError, match="request_timeout_s must be a finite number > 0"):
+            ServeSettings(request_timeout_s=bad)

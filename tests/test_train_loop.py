@@ -197,3 +197,12 @@ def test_ddp_gloo_two_processes_match_one(tmp_path):
     assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
     state = json.loads((tmp_path / "ddp" / "checkpoints" / "last" / "trainer_state.json").read_text())
     assert state["world_size"] == 2
+
+
+def test_resolve_device_names_a_bad_device_string():
+    from fnbody.errors import FnbodyError
+    from fnbody.train.distributed import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(FnbodyError, match="'bogus' is not a device"):
+        resolve_device("bogus")

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Iterator, Protocol, Sequence, runtime_checkable
 
 
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
+
+
 @dataclass
 class GenerationConfig:
     """Decoding settings shared by every generator."""
@@ -41,6 +44,8 @@ class GenerationConfig:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be in [0, {MAX_SEED}], got {self.seed}")
 
     @property
     def greedy(self) -> bool:

@@ -122,6 +122,10 @@ class CharRNNGenerator:
                 results[pi].append(self._finish(p, texts[b], done[b], logprobs[b], cfg.stop))
         return results
 
+    def count_tokens(self, text: str) -> int:
+        """Characters: the char-RNN's tokens (the server's usage figures)."""
+        return len(text)
+
     def stream(self, prompt: str, cfg: GenerationConfig) -> Iterator[str]:
         """Yield one body in pieces as soon as no later character can cut them; joins to `generate`'s text."""
         hold = max((len(s) for s in cfg.stop), default=1) - 1  # a stop string may start this far back

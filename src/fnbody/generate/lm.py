@@ -59,7 +59,9 @@ def _sample(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator | 
     """Pick the next token for each row of (B, V) float logits: greedy, or temperature/top-k/top-p sampling."""
     if cfg.greedy:
         return logits.argmax(-1)
-    logits = logits / cfg.temperature
+    # Shifted so the best token is at 0 before dividing: a tiny temperature then sends the others to -inf (greedy in
+    # effect) instead of overflowing every logit to inf and the softmax to NaN.
+    logits = (logits - logits.amax(-1, keepdim=True)) / cfg.temperature
     if cfg.top_k and cfg.top_k < logits.size(-1):
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -68,6 +70,7 @@ def _sample(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator | 
         probs = sorted_logits.softmax(-1)
         # Drop a token when the mass before it already reaches top_p; the first token always stays.
         drop = probs.cumsum(-1) - probs >= cfg.top_p
+        drop[:, 0] = False  # also when top_p is below float32's smallest step
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(-1)
@@ -130,7 +133,8 @@ class LMGenerator:
         return [[c for c in per if c is not None] for per in out]
 
     def stream(self, prompt: str, cfg: GenerationConfig) -> Iterator[str]:
-        """Yield the completion's text as it is decided; the pieces join to `generate`'s text (n=1)."""
+        """Yield the completion's text as it is decided; the pieces join to `generate`'s text (n=1). Returns (as
+        StopIteration's value) the Completion, whose finish_reason says whether the function ended or ran out of length."""
         def_indent(prompt)
         ids = self._encode_prompts([prompt], cfg)[0]
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed) if not cfg.greedy else None
@@ -142,6 +146,11 @@ class LMGenerator:
         piece = self._take(row)
         if piece:
             yield piece
+        return self._completion(row)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` encodes to (the server's usage figures)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # ----- internals ----------------------------------------------------------------------------
     @functools.cached_property

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fnbody.errors import FnbodyError
-from fnbody.generate.base import Completion, GenerationConfig, Generator
+from fnbody.generate.base import MAX_SEED, Completion, GenerationConfig, Generator
 from fnbody.generate.stopping import def_indent
 from fnbody.serve.schemas import (
     CompletionChoice,
@@ -84,8 +84,8 @@ class ServeSettings:
                 raise FnbodyError(f"serve setting {name} must be >= 1, got {getattr(self, name)}")
         if self.default_max_tokens > self.max_tokens_cap:
             raise FnbodyError(f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens_cap ({self.max_tokens_cap})")
-        if self.request_timeout_s <= 0:
-            raise FnbodyError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if not self.request_timeout_s > 0 or self.request_timeout_s == float("inf"):  # NaN fails `> 0` too
+            raise FnbodyError(f"request_timeout_s must be a finite number > 0, got {self.request_timeout_s}")
 
 
 class APIError(Exception):
@@ -251,7 +251,8 @@ def create_app(generator: Generator, search_index: SearchIndex | None = None,
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_req: Request, e: StarletteHTTPException):
-        return _error_response(APIError(e.status_code, str(e.detail), type_="not_found_error" if e.status_code == 404 else "invalid_request_error"))
+        return _error_response(APIError(e.status_code, str(e.detail), type_="not_found_error" if e.status_code == 404 else "invalid_request_error",
+                                        headers=getattr(e, "headers", None)))  # 405 keeps its Allow header
 
     @app.exception_handler(Exception)
     async def on_unexpected(_req: Request, e: Exception):
@@ -264,7 +265,8 @@ def create_app(generator: Generator, search_index: SearchIndex | None = None,
         """Liveness and load: the model, queue depth, whether search is on."""
         w: Worker = request.app.state.gen_worker
         return {"status": "ok", "model": model_id, "busy": w.busy, "queue_depth": w.depth,
-                "queue_size": w.maxsize, "search": search_index is not None}
+                "queue_size": w.maxsize, "search": search_index is not None,
+                "max_tokens_cap": settings.max_tokens_cap, "default_max_tokens": settings.default_max_tokens}
 
     @app.get("/v1/models", response_model=ModelList)
     async def list_models() -> ModelList:
@@ -291,11 +293,22 @@ def create_app(generator: Generator, search_index: SearchIndex | None = None,
         if len(prompts) > settings.max_prompts:
             raise APIError(400, f"prompt: at most {settings.max_prompts} prompts per request, got {len(prompts)}", param="prompt")
         for i, p in enumerate(prompts):
+            where = "prompt" if isinstance(req.prompt, str) else f"prompt[{i}]"
             try:
+                p.encode("utf-8")
                 def_indent(p)
+            except UnicodeEncodeError:
+                raise APIError(400, f"{where}: not valid Unicode text (a lone surrogate such as \\ud800)", param="prompt") from None
             except FnbodyError as e:
-                where = "prompt" if isinstance(req.prompt, str) else f"prompt[{i}]"
                 raise APIError(400, f"{where}: {e}", param="prompt") from None
+        unsupported = {"logprobs": req.logprobs is not None, "suffix": req.suffix is not None,
+                       "presence_penalty": req.presence_penalty not in (None, 0), "frequency_penalty": req.frequency_penalty not in (None, 0),
+                       "best_of": req.best_of not in (None, req.n), "logit_bias": bool(req.logit_bias)}
+        for name, used in unsupported.items():
+            if used:
+                raise APIError(400, f"{name}: not supported by this server (only its neutral value is accepted)", param=name)
+        if req.stream_options is not None and not req.stream:
+            raise APIError(400, "stream_options: only with stream=true", param="stream_options")
         max_tokens = req.max_tokens if req.max_tokens is not None else settings.default_max_tokens
         if max_tokens > settings.max_tokens_cap:
             raise APIError(400, f"max_tokens: {max_tokens} exceeds this server's cap of {settings.max_tokens_cap}", param="max_tokens")
@@ -374,14 +387,17 @@ def create_app(generator: Generator, search_index: SearchIndex | None = None,
                             cid: str, now: int, deadline: float) -> SSEResponse:
         one = replace(cfg, n=1, batch_size=1)
 
+        usage = bool(req.stream_options and req.stream_options.include_usage and count_tokens is not None)
+
         def run(job: Job) -> None:
+            completion_tokens = 0
             for i, p in enumerate(prompts):
                 for j in range(cfg.n):
                     index = i * cfg.n + j
                     if req.echo:
                         job.emit((index, p, None))
                     # Each of the n samples gets its own seed, or they would all be the same text.
-                    it: Iterator[str] = generator.stream(p, replace(one, seed=cfg.seed + j))
+                    it: Iterator[str] = generator.stream(p, replace(one, seed=(cfg.seed + j) % (MAX_SEED + 1)))
                     pieces, returned = 0, None
                     try:
                         while True:
@@ -400,6 +416,11 @@ def create_app(generator: Generator, search_index: SearchIndex | None = None,
                         if close is not None:
                             close()  # stops the model's decoding loop when we left early
                     job.emit((index, "", _stream_finish(returned, pieces, cfg.max_new_tokens)))
+                    completion_tokens += returned.num_tokens if isinstance(returned, Completion) else pieces
+            if usage:
+                prompt_tokens = sum(count_tokens(p) for p in prompts)
+                job.emit(Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                               total_tokens=prompt_tokens + completion_tokens))
 
         job = _submit(worker, run)  # a full queue answers 429 before any stream starts
         end = object()
@@ -422,6 +443,10 @@ def create_app(generator: Generator, search_index: SearchIndex | None = None,
                         return
                     if item is end:
                         break
+                    if isinstance(item, Usage):  # stream_options.include_usage: a last chunk with no choices
+                        yield _sse({"id": cid, "object": "text_completion", "created": now, "model": model_id,
+                                    "choices": [], "usage": item.model_dump()})
+                        continue
                     yield _sse(chunk(*item))
                 exc = job.result.exception()
                 if exc is not None:

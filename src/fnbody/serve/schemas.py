@@ -2,7 +2,10 @@
 
 Requests are strict: wrong JSON types are rejected rather than coerced ("5" is not an integer),
 and unknown fields are refused by name, so a client sending a parameter we would silently ignore
-(`logprobs`, `suffix`, ...) learns it at once instead of getting a different answer than it asked for.
+learns it at once instead of getting a different answer than it asked for. OpenAI parameters fnbody
+does not implement (`logprobs`, `suffix`, penalties, `best_of`, `logit_bias`) are accepted only at
+their neutral values (null, 0, 1, {}), which client libraries send by default; any other value is
+refused by name (checked in the app).
 Limits that depend on the server's settings (max_tokens cap, n cap) are checked in the app.
 """
 
@@ -12,9 +15,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fnbody.generate.base import MAX_SEED
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
 
 
 class CompletionRequest(_Strict):
@@ -29,9 +38,18 @@ class CompletionRequest(_Strict):
     n: int = Field(default=1, ge=1, description="completions per prompt")
     stop: str | list[str] | None = Field(default=None, description="up to 4 extra stop strings")
     stream: bool = Field(default=False, description="stream text as server-sent events ending with `data: [DONE]`")
-    seed: int | None = Field(default=None, description="sampling seed (temperature > 0); omitted = a fresh one")
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="sampling seed (temperature > 0); omitted = a fresh one")
     echo: bool = Field(default=False, description="prefix each completion with its prompt")
     user: str | None = Field(default=None, description="accepted for compatibility; unused")
+    stream_options: StreamOptions | None = Field(default=None, description="with stream=true: include_usage adds a last chunk "
+                                                 "with no choices and the request's token usage")
+    # Not implemented: accepted at their neutral values only (client libraries send these by default).
+    logprobs: int | None = Field(default=None, description="not supported: null only")
+    suffix: str | None = Field(default=None, description="not supported: null only")
+    presence_penalty: float | None = Field(default=None, description="not supported: null or 0 only")
+    frequency_penalty: float | None = Field(default=None, description="not supported: null or 0 only")
+    best_of: int | None = Field(default=None, description="not supported: null, or equal to n")
+    logit_bias: dict[str, float] | None = Field(default=None, description="not supported: null or {} only")
 
 
 class SearchRequest(_Strict):

@@ -31,10 +31,13 @@ def resolve_device(device: str) -> torch.device:
     """'auto' picks CUDA when present, else CPU; anything else is passed to torch.device."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        from fnbody.errors import FnbodyError
+    from fnbody.errors import FnbodyError
 
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise FnbodyError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise FnbodyError(f"--device {device}: CUDA is not available on this machine")
     return dev
 

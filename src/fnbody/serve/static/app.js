@@ -19,6 +19,12 @@ async function loadInfo() {
     state.search = Boolean(info.search);
     $("model").textContent = "model: " + info.model + (info.search ? " · search on" : "");
     $("search-toggle").hidden = !state.search;
+    // The field follows the server's own limits: its cap as the maximum, its default when 256 is over the cap.
+    const field = $("max-tokens");
+    if (info.max_tokens_cap) {
+      field.max = info.max_tokens_cap;
+      if (parseInt(field.value, 10) > info.max_tokens_cap) field.value = info.default_max_tokens || info.max_tokens_cap;
+    }
   } catch (err) {
     $("model").textContent = "server not reachable: " + err;
   }
