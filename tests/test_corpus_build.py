@@ -323,3 +323,141 @@ def test_stats_and_cli(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["records"] == 5
     assert cli_main(["corpus", "stats", str(tmp_path / "nope")]) == 2
     assert cli_main(["corpus", "build", str(tmp_path / "missing.py"), "--out", str(tmp_path / "o")]) == 2
+
+
+def small_corpus(tmp_path: Path, shard_size: int = 4) -> Path:
+    """12 functions of one repo, all in train, in shards of `shard_size` (valid and test: one empty shard each)."""
+    src = tmp_path / "src" / "proj"
+    src.mkdir(parents=True)
+    (src / "m.py").write_text(module("m", 12))
+    out = tmp_path / "corpus"
+    build_corpus([str(src)], out, cfg(fractions=(1.0, 0.0, 0.0), shard_size=shard_size))
+    return out
+
+
+def rewrite_shard(shard: Path, rows: list) -> None:
+    """Replace a shard's rows and record its new size in the manifest, as if the builder had written it."""
+    from fnbody.io import read_json, write_json, write_jsonl
+
+    write_jsonl(shard, rows)
+    manifest_path = shard.parents[1] / "manifest.json"
+    m = read_json(manifest_path)
+    m["files"][f"{shard.parent.name}/{shard.name}"]["bytes"] = shard.stat().st_size
+    write_json(manifest_path, m)
+
+
+def test_rebuild_keeps_a_users_old_folder(tmp_path):
+    out = small_corpus(tmp_path)
+    (tmp_path / "corpus.old").mkdir()
+    (tmp_path / "corpus.old" / "notes.txt").write_text("mine")
+    build_corpus([str(tmp_path / "src" / "proj")], out, cfg(shard_size=100))
+    assert (tmp_path / "corpus.old" / "notes.txt").read_text() == "mine"
+    assert len(read_split(out, "train")) + len(read_split(out, "valid")) + len(read_split(out, "test")) == 12
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_missing_extra_or_resized_shard_is_an_error(tmp_path, capsys):
+    out = small_corpus(tmp_path)
+    assert len(read_split(out, "train")) == 12
+    third = out / "train" / "python_train_2.jsonl.gz"
+    data = third.read_bytes()
+    third.unlink()
+    with pytest.raises(FnbodyError, match=r"python_train_2\.jsonl\.gz: shard listed in manifest\.json is missing"):
+        read_split(out, "train")
+    assert cli_main(["corpus", "stats", str(out)]) == 2
+    assert "python_train_2.jsonl.gz: shard listed in manifest.json is missing" in capsys.readouterr().err
+    third.write_bytes(data)
+    (out / "train" / "python_train_3.jsonl.gz").write_bytes(data)
+    with pytest.raises(FnbodyError, match=r"python_train_3\.jsonl\.gz: shard not listed in"):
+        corpus_stats(out)
+    with pytest.raises(FnbodyError, match=r"python_train_3\.jsonl\.gz: shard not listed in"):
+        build_corpus([str(tmp_path / "src" / "proj")], tmp_path / "ext", cfg(extend=str(out)))
+    (out / "train" / "python_train_3.jsonl.gz").unlink()
+    third.write_bytes(data[:-5])
+    with pytest.raises(FnbodyError, match=r"python_train_2\.jsonl\.gz: \d+ bytes, but manifest\.json records \d+"):
+        read_split(out, "train")
+    # A manifest from before the "files" list: nothing to check against, so it is read as it is.
+    third.write_bytes(data)
+    m = json.loads((out / "manifest.json").read_text())
+    del m["files"]
+    (out / "manifest.json").write_text(json.dumps(m))
+    third.unlink()
+    assert len(read_split(out, "train")) == 8
+
+
+def test_manifest_that_is_not_an_object_is_named(tmp_path):
+    out = small_corpus(tmp_path)
+    (out / "manifest.json").write_text("[1, 2]\n")
+    with pytest.raises(FnbodyError, match=r"manifest\.json: not a corpus manifest \(a JSON list"):
+        read_split(out, "train")
+    (out / "manifest.json").write_text('{"format_version": 1, "files": [1]}\n')
+    with pytest.raises(FnbodyError, match=r"manifest\.json: its \"files\" entry is not an object"):
+        corpus_stats(out)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"shard_size": 0}, r"--shard-size 0: must be >= 1"),
+    ({"shard_size": -1}, r"--shard-size -1: must be >= 1"),
+    ({"max_samples": -1}, r"--max-samples -1: must be >= 0"),
+    ({"max_files": -1}, r"--max-files -1: must be >= 0"),
+    ({"fractions": (float("nan"), 0.5, 0.5)}, r"--split nan,0.5,0.5: shares must be finite"),
+    ({"fractions": (float("inf"), 0.5, 0.5)}, r"--split inf,0.5,0.5: shares must be finite"),
+    ({"fractions": (0.5, 0.6, -0.1)}, r"must be finite, non-negative and sum to 1"),
+])
+def test_bad_build_settings_are_rejected_before_writing(tmp_path, setting, message):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text(module("a", 3))
+    with pytest.raises(FnbodyError, match=message):
+        build_corpus([str(tmp_path / "src")], tmp_path / "out", cfg(**setting))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_bad_build_flags_exit_cleanly(tmp_path, capsys):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text(module("a", 3))
+    for flags, message in ((["--shard-size", "0"], "--shard-size 0: must be >= 1"), (["--split", "nan,0.5,0.5"], "must be finite"),
+                           (["--max-samples", "-1"], "--max-samples -1: must be >= 0")):
+        assert cli_main(["corpus", "build", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "-j", "1", *flags]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_negative_max_samples_when_reading_a_split(tmp_path):
+    out = small_corpus(tmp_path)
+    with pytest.raises(FnbodyError, match=r"--max-samples -5: must be >= 0"):
+        read_split(out, "train", -5)
+    assert len(read_split(out, "train", 0)) == 0 and len(read_split(out, "train", 5)) == 5
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.pop("code_tokens"), r"'code_tokens' is missing, expected a list of strings"),
+    (lambda r: r.update(docstring_tokens=5), r"'docstring_tokens' is a JSON number, expected a list of strings"),
+    (lambda r: r.update(code_tokens=["def", 1]), r"'code_tokens' is a list with a non-string item"),
+    (lambda r: r.update(repo=None), r"'repo' is a JSON null, expected a string"),
+    (lambda r: r.update(body=["x"]), r"'body' is a JSON list, expected a string"),
+    (lambda r: r.pop("func_name"), r"'func_name' is missing"),
+    (lambda r: r.update(lineno="7"), r"'lineno' is a JSON string, expected an integer or null"),
+])
+def test_records_with_missing_or_wrong_typed_fields_are_named(tmp_path, capsys, change, message):
+    out = small_corpus(tmp_path)
+    shard = out / "train" / "python_train_1.jsonl.gz"
+    rows = [json.loads(line) for line in gzip.open(shard, "rt", encoding="utf-8")]
+    change(rows[2])
+    rewrite_shard(shard, rows)
+    with pytest.raises(FnbodyError, match=r"python_train_1\.jsonl\.gz:3: corpus record field " + message):
+        read_split(out, "train")
+    assert cli_main(["corpus", "stats", str(out)]) == 2
+    assert "python_train_1.jsonl.gz:3: corpus record field" in capsys.readouterr().err
+
+
+def test_unwritable_out_and_plots_paths_are_named(tmp_path, capsys):
+    out = small_corpus(tmp_path)
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    with pytest.raises(FnbodyError, match=r"--out .*afile/c: cannot write the corpus there \(File exists: .*afile\)"):
+        build_corpus([str(tmp_path / "src")], afile / "c", cfg())
+    assert cli_main(["corpus", "stats", str(out), "--plots", str(afile)]) == 2
+    assert f"--plots {afile}: exists and is not a folder" in capsys.readouterr().err
+    with pytest.raises(FnbodyError, match=r"--plots .*afile/sub: cannot write token_lengths\.png \(Not a directory: .*afile/sub\)"):
+        corpus_stats(out, plots_dir=afile / "sub")
+    assert afile.read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["afile", "corpus", "src"]

@@ -8,8 +8,10 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -73,6 +75,9 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def check_format_version(info: dict, expected: int, where: str | os.PathLike, what: str, hint: str = "") -> dict:
     """`info` when its `format_version` is `expected`; else FnbodyError naming `where`, the `what` format and how to `hint` a fix."""
+    if not isinstance(info, dict):
+        raise FnbodyError(f"{where}: not a valid {what}: its metadata is a JSON {type(info).__name__}, not an object"
+                          f"{'; ' + hint if hint else ''}")
     found = info.get("format_version")
     if found != expected:
         raise FnbodyError(f"{where}: {what} format version {found!r}, this fnbody reads version {expected}{'; ' + hint if hint else ''}")
@@ -110,11 +115,13 @@ def iter_jsonl(path: str | os.PathLike, *, skip_invalid: bool = False, stats: di
     """Yield `(line_number, row)` from a jsonl(.gz) file.
 
     A line that is not a JSON object raises `FnbodyError` naming the file and line, unless
-    `skip_invalid` is set; then it is counted in `stats["invalid_lines"]` and skipped.
+    `skip_invalid` is set; then it is counted in `stats["invalid_lines"]` and skipped. A file that
+    cannot be read (truncated or corrupt gzip, bad UTF-8, no permission) raises `FnbodyError` naming it.
     """
     path = Path(path)
     if not path.exists():
         raise FnbodyError(f"{path}: file not found")
+    lineno = 0
     try:
         with _open_text(path) as f:
             for lineno, line in enumerate(f, 1):
@@ -131,8 +138,16 @@ def iter_jsonl(path: str | os.PathLike, *, skip_invalid: bool = False, stats: di
                         continue
                     raise FnbodyError(f"{path}:{lineno}: malformed jsonl line ({e})") from None
                 yield lineno, row
-    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as e:
-        raise FnbodyError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise _read_error(path, lineno, e) from None
+
+
+def _read_error(path: Path, lines_read: int, e: BaseException) -> FnbodyError:
+    """The error for a file that stopped being readable after `lines_read` good lines."""
+    after = f" after line {lines_read}" if lines_read else ""
+    damaged = isinstance(e, (EOFError, UnicodeDecodeError, zlib.error, gzip.BadGzipFile))
+    kind = "zlib.error" if isinstance(e, zlib.error) else type(e).__name__
+    return FnbodyError(f"{path}: cannot read{after} ({kind}: {e}){'; the file is corrupt or truncated' if damaged else ''}")
 
 
 def read_jsonl(path: str | os.PathLike, **kwargs) -> list[dict]:
@@ -149,18 +164,50 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def os_reason(e: OSError) -> str:
+    """An OSError in words for a user: `strerror: filename` (`Permission denied: /data/x`)."""
+    if e.strerror and e.filename:
+        return f"{e.strerror}: {e.filename}"
+    return e.strerror or str(e)
+
+
+def fresh_dir_beside(path: str | os.PathLike, tag: str) -> Path:
+    """Create and return a new empty folder beside `path`, named `.NAME.TAG-RANDOM`; never an existing one.
+
+    Unlike `tempfile.mkdtemp` it keeps the umask's permissions, so a folder later renamed into
+    place is as readable as one made by `mkdir`.
+    """
+    path = Path(path)
+    for _ in range(100):
+        candidate = path.with_name(f".{path.name}.{tag}-{secrets.token_hex(4)}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"{path.parent}: no free name for a temporary folder beside {path.name}")
+
+
 def replace_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> None:
     """Move a fully written `tmp_dir` into place as `final_dir`, replacing any old one.
 
-    The old directory is renamed aside first, so at every instant either the old or the new
-    complete directory exists under a known name.
+    The old directory is first renamed aside to a fresh hidden name (never a name a user could
+    own, such as `final_dir.old`), then the new one appears by one rename, then the old one is
+    removed. If the second rename fails, the old directory is put back.
     """
     tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
-    old = final_dir.with_name(final_dir.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final_dir.exists():
-        os.replace(final_dir, old)
-    os.replace(tmp_dir, final_dir)
-    if old.exists():
-        shutil.rmtree(old)
+    if not final_dir.exists():
+        os.replace(tmp_dir, final_dir)
+        return
+    old = fresh_dir_beside(final_dir, "old")
+    try:
+        os.replace(final_dir, old)  # a directory may replace an empty directory
+    except BaseException:
+        old.rmdir()
+        raise
+    try:
+        os.replace(tmp_dir, final_dir)
+    except BaseException:
+        os.replace(old, final_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

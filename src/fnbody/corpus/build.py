@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import multiprocessing as mp
 import os
 import re
@@ -26,12 +27,12 @@ from pathlib import Path
 from fnbody import __version__
 from fnbody.corpus.dedup import dedup_exact, dedup_near
 from fnbody.corpus.filters import FilterConfig
-from fnbody.corpus.io import FORMAT_VERSION, MANIFEST, RECORD_FIELDS, SPLITS, check_corpus, shard_name
+from fnbody.corpus.io import FORMAT_VERSION, MANIFEST, RECORD_FIELDS, SPLITS, check_corpus, iter_shard, shard_name, split_files
 from fnbody.corpus.records import NUM_PERM, Options, TaskResult, dedup_keys, run_task
 from fnbody.corpus.sources import plan_sources
 from fnbody.corpus.split import split_of
 from fnbody.errors import FnbodyError
-from fnbody.io import atomic_open, iter_jsonl, replace_dir
+from fnbody.io import atomic_open, fresh_dir_beside, os_reason, replace_dir
 from fnbody.progress import progress
 
 
@@ -100,19 +101,32 @@ def _run_task_star(args: tuple) -> TaskResult:
     return run_task(*args)
 
 
+def _check_config(cfg: BuildConfig) -> None:
+    """Reject settings that would silently write a wrong corpus (or none)."""
+    if not all(math.isfinite(f) and f >= 0 for f in cfg.fractions) or abs(sum(cfg.fractions) - 1.0) > 1e-6:
+        raise FnbodyError(f"--split {','.join(map(str, cfg.fractions))}: shares must be finite, non-negative and sum to 1")
+    if not 0.0 < cfg.near_threshold <= 1.0:
+        raise FnbodyError(f"near_threshold {cfg.near_threshold} must be in (0, 1]")
+    if cfg.shard_size < 1:
+        raise FnbodyError(f"--shard-size {cfg.shard_size}: must be >= 1 (records per shard)")
+    for flag, cap in (("--max-files", cfg.max_files), ("--max-samples", cfg.max_samples)):
+        if cap is not None and cap < 0:
+            raise FnbodyError(f"{flag} {cap}: must be >= 0")
+
+
 def _prepare_out(out: Path) -> Path:
     """Refuse to replace a non-corpus folder; return a fresh temporary folder beside `out`."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).exists())):
-        raise FnbodyError(f"{out}: exists and is not an fnbody corpus; refusing to overwrite it (choose another --out)")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
+    try:
+        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).exists())):
+            raise FnbodyError(f"{out}: exists and is not an fnbody corpus; refusing to overwrite it (choose another --out)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return fresh_dir_beside(out, "tmp")
+    except OSError as e:
+        raise FnbodyError(f"--out {out}: cannot write the corpus there ({os_reason(e)})") from None
 
 
-def _write_shard(path: Path, lines: list[str]) -> tuple[int, str]:
-    """Write one gzipped jsonl shard atomically; return (records, sha256 of the file).
+def _write_shard(path: Path, lines: list[str]) -> tuple[int, str, int]:
+    """Write one gzipped jsonl shard atomically; return (records, sha256 of the file, its size in bytes).
 
     Compressed here at level 6 (not atomic_open's 9: several times faster, a few percent larger),
     with mtime 0 so identical records give identical bytes; `atomic_open` then only renames.
@@ -122,7 +136,7 @@ def _write_shard(path: Path, lines: list[str]) -> tuple[int, str]:
     with atomic_open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
-    return len(lines), hashlib.sha256(data).hexdigest()
+    return len(lines), hashlib.sha256(data).hexdigest(), len(data)
 
 
 def _project_name(repo: str) -> str:
@@ -151,9 +165,9 @@ def _read_base(base: str | Path, out: Path, near: bool) -> _Base:
     b = _Base(base, manifest, [], set(), {}, {})
     for split in SPLITS:
         b.shards[split], b.repos[split] = [], set()
-        for path in progress(sorted((base / split).glob("*.jsonl.gz"), key=lambda p: (len(p.name), p.name)), desc=f"base {split}", unit="shard"):
+        for path in progress(split_files(base, split), desc=f"base {split}", unit="shard"):
             n = 0
-            for _, row in iter_jsonl(path):
+            for row in iter_shard(path):
                 b.repos[split].add(row["repo"])
                 b.keys.append({"code_tokens": row["code_tokens"], **dedup_keys(row["code_tokens"], near)})
                 n += 1
@@ -175,10 +189,7 @@ def _split_counts(by_split: dict[str, list[dict]], base: _Base | None) -> dict:
 def build_corpus(sources: list[str], out: str | Path, cfg: BuildConfig | None = None) -> dict:
     """Build a corpus from `sources` (empty: stdlib + site-packages) into `out`; return the manifest."""
     cfg = cfg or BuildConfig()
-    if abs(sum(cfg.fractions) - 1.0) > 1e-6 or any(f < 0 for f in cfg.fractions):
-        raise FnbodyError(f"split fractions {cfg.fractions} must be non-negative and sum to 1")
-    if not 0.0 < cfg.near_threshold <= 1.0:
-        raise FnbodyError(f"near_threshold {cfg.near_threshold} must be in (0, 1]")
+    _check_config(cfg)
     out = Path(out)
     base = None
     if cfg.extend:
@@ -245,7 +256,8 @@ def build_corpus(sources: list[str], out: str | Path, cfg: BuildConfig | None = 
             if base is not None:  # the base's shards, byte for byte, then the new train records after them
                 for src, n in base.shards[split]:
                     shutil.copy2(src, tmp / split / src.name)
-                    copied[f"{split}/{src.name}"] = {"records": n, "sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
+                    copied[f"{split}/{src.name}"] = {"records": n, "sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
+                                                     "bytes": src.stat().st_size}
                 first = len(base.shards[split])
                 if not rows:
                     continue
@@ -255,7 +267,7 @@ def build_corpus(sources: list[str], out: str | Path, cfg: BuildConfig | None = 
         # zlib releases the GIL, so shards compress in parallel threads.
         with ThreadPoolExecutor(max(1, cfg.jobs or os.cpu_count() or 1)) as ex:
             written = list(progress(ex.map(lambda j: (j[0], *_write_shard(tmp / j[0], j[1])), jobs_list), desc="write", total=len(jobs_list), unit="shard"))
-        files = {**copied, **{name: {"records": n, "sha256": h} for name, n, h in written}}
+        files = {**copied, **{name: {"records": n, "sha256": h, "bytes": size} for name, n, h, size in written}}
         content = hashlib.sha256("".join(f"{name}:{files[name]['sha256']}\n" for name in sorted(files)).encode()).hexdigest()
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -290,7 +302,9 @@ def build_corpus(sources: list[str], out: str | Path, cfg: BuildConfig | None = 
         with atomic_open(tmp / MANIFEST, "w") as f:
             f.write(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         replace_dir(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):  # disk full, permissions changed under us, ...
+            raise FnbodyError(f"--out {out}: cannot write the corpus ({os_reason(e)})") from None
         raise
     return manifest

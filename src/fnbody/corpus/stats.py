@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from fnbody.corpus.io import SPLITS, check_corpus, iter_split, split_files
+from fnbody.errors import FnbodyError
+from fnbody.io import os_reason
 
 # The CS230 report's figures, for side-by-side comparison.
 REPORT = {"code_tokens_median": "60-100", "code_tokens_p95": "~350", "docstring_tokens_median": "~10"}
@@ -24,6 +26,8 @@ def _summary(values: list[int]) -> dict:
 def corpus_stats(corpus_dir: str | Path, plots_dir: str | Path | None = None, top: int = 10) -> dict:
     """Counts per split, code/docstring token-length median and p95, top repos; PNG histograms into `plots_dir`."""
     manifest = check_corpus(corpus_dir)
+    if plots_dir is not None and Path(plots_dir).exists() and not Path(plots_dir).is_dir():  # say so before reading the corpus
+        raise FnbodyError(f"--plots {plots_dir}: exists and is not a folder")
     code_len: list[int] = []
     doc_len: list[int] = []
     repos: Counter = Counter()
@@ -55,13 +59,20 @@ def corpus_stats(corpus_dir: str | Path, plots_dir: str | Path | None = None, to
         stats["extends"] = {"base": ext.get("corpus"), "base_content_hash": ext.get("content_hash"), "added_train": ext["added"]["train"],
                             "added_repos": ext["added"]["repos"]}
     if plots_dir is not None:
-        from fnbody.plots import plot_histograms
-
-        out = Path(plots_dir) / "token_lengths.png"
-        plot_histograms({"code tokens per function": code_len, "docstring tokens (first paragraph)": doc_len}, out,
-                        xlabel="tokens", title=f"Token lengths ({len(code_len)} functions; tails clipped at p99)")
-        stats["plots"] = [str(out)]
+        stats["plots"] = [str(_plot_lengths(Path(plots_dir), code_len, doc_len))]
     return stats
+
+
+def _plot_lengths(plots_dir: Path, code_len: list[int], doc_len: list[int]) -> Path:
+    """Write the token-length histograms into `plots_dir`; an error naming the path when it cannot be written."""
+    from fnbody.plots import plot_histograms
+
+    out = plots_dir / "token_lengths.png"
+    try:
+        return plot_histograms({"code tokens per function": code_len, "docstring tokens (first paragraph)": doc_len}, out,
+                               xlabel="tokens", title=f"Token lengths ({len(code_len)} functions; tails clipped at p99)")
+    except OSError as e:
+        raise FnbodyError(f"--plots {plots_dir}: cannot write {out.name} ({os_reason(e)})") from None
 
 
 def format_stats(st: dict) -> str:
