@@ -97,3 +97,13 @@ class ScriptedLM:
                 return SimpleNamespace(logits=logits)
 
         return _Scripted()
+
+
+def drain(it):
+    """A stream's joined text and its return value (the Completion the server reads finish_reason from)."""
+    pieces = []
+    while True:
+        try:
+            pieces.append(next(it))
+        except StopIteration as stop:
+            return "".join(pieces), stop.value

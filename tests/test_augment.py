@@ -12,6 +12,7 @@ from fnbody.augment.rerank import NeighbourRanker, hit_body
 from fnbody.cli import main
 from fnbody.errors import FnbodyError
 from fnbody.generate.base import Completion, GenerationConfig
+from lm_helpers import drain
 
 ADD = 'def add(a, b):\n    """Add two numbers.\n\n    >>> add(2, 3)\n    5\n    """\n'
 
@@ -32,6 +33,7 @@ class FixedGenerator:
     def stream(self, prompt, cfg):
         self.seen.append(prompt)
         yield self.candidates[0].text
+        return self.candidates[0]
 
 
 class FakeIndex:
@@ -95,7 +97,8 @@ def test_rag_generator_returns_only_body_and_excludes_own_repo():
     sent = base.seen[-1]
     assert sent.endswith(prompt) and "def other" in sent and "def third" in sent and "same_repo" not in sent
     assert [h["repo"] for h in rag.last_retrievals[0].hits] == ["theirs", "else"] and index.queries[-1] == "Do g."
-    assert "".join(rag.stream(prompt, GenerationConfig())) == "    return 7\n" and base.seen[-1] == sent
+    text, done = drain(rag.stream(prompt, GenerationConfig()))
+    assert text == "    return 7\n" and base.seen[-1] == sent and done is base.candidates[0]
     with pytest.raises(FnbodyError, match="k must be"):
         RetrievalAugmentedGenerator(base, index, k=0)
 
@@ -229,7 +232,8 @@ def test_doctest_passing_candidate_outranks_higher_logprob_and_unparsable_is_dro
     assert [c.rank for c in ranked] == [1, 2, 3] and len(ranked) == 3
     assert ranked[0].passed is True and ranked[0].status == "passed" and ranked[0].doctests == 1
     assert ranked[1].passed is False and ranked[2].parses is False and "SyntaxError" in ranked[2].syntax_error
-    assert "".join(gen.stream(ADD, GenerationConfig())) == "    return a + b\n"
+    text, done = drain(gen.stream(ADD, GenerationConfig()))
+    assert text == "    return a + b\n" and done.text == text and done.finish_reason == "stop"
 
 
 FLY = '''def will_it_fly(q, w):

@@ -116,7 +116,11 @@ def test_guided_generator_retrieves_streams_as_it_generates_and_skips_the_own_re
     guided = GuidedGenerator(lm, OneHitIndex([hit]), k=1, alpha=0.99)
     text = guided.generate([prompt], cfg)[0][0].text
     assert text.startswith("    total = x + y\n    return total") and guided.name == "tiny+guide1"
-    assert "".join(guided.stream(prompt, cfg)) == text
+    from lm_helpers import drain
+
+    streamed, done = drain(guided.stream(prompt, cfg))
+    assert streamed == text and done.text == text
+    assert done.finish_reason == guided.generate([prompt], cfg)[0][0].finish_reason
     assert lm.logits_hook is None  # the hook is removed after each call
     own = GuidedGenerator(lm, OneHitIndex([hit]), k=1, alpha=0.99, exclude_repo=lambda p: "other/repo")
     assert own.generate([prompt], cfg)[0][0].text == lm.generate([prompt], cfg)[0][0].text  # nothing retrieved: plain decoding

@@ -6,7 +6,7 @@ import torch
 from fnbody.errors import FnbodyError
 from fnbody.generate.base import GenerationConfig
 from fnbody.generate.lm import LMGenerator, _sample, body_indent
-from lm_helpers import TINY_TEXTS, ScriptedLM
+from lm_helpers import TINY_TEXTS, ScriptedLM, drain
 
 PROMPT = 'def add(a, b):\n    """Add."""\n'
 
@@ -58,26 +58,16 @@ def test_stream_joins_to_generate(tokenizer):
     assert len(pieces) > 1  # it streams, not one final chunk
 
 
-def _drain(it):
-    """(pieces, the generator's return value)."""
-    pieces = []
-    while True:
-        try:
-            pieces.append(next(it))
-        except StopIteration as stop:
-            return pieces, stop.value
-
-
 @pytest.mark.parametrize("max_new,finish", [(4, "length"), (60, "stop")])
 def test_stream_returns_the_completion_with_generates_finish_reason(tokenizer, max_new, finish):
     # The server reads the finish reason from here: counting pieces cannot tell, since merged characters and empty
     # pieces make fewer pieces than tokens.
     gen = scripted(tokenizer, "    naïve = 'héllo wörld'\n    return naïve\nprint(x)\n")
     cfg = GenerationConfig(max_new_tokens=max_new)
-    pieces, done = _drain(gen.stream(PROMPT, cfg))
+    text, done = drain(gen.stream(PROMPT, cfg))
     [[c]] = gen.generate([PROMPT], cfg)
     assert (done.text, done.finish_reason, done.num_tokens) == (c.text, c.finish_reason, c.num_tokens)
-    assert c.finish_reason == finish and "".join(pieces) == c.text
+    assert c.finish_reason == finish and text == c.text
     assert gen.count_tokens(c.text) > 0 and gen.count_tokens("") == 0
 
 

@@ -147,6 +147,47 @@ def test_train_resume_and_refusals(trained_run, tiny_corpus, capsys):
     assert max(r["epoch"] for r in rows) == 8
 
 
+def test_a_refused_resume_writes_nothing(trained_run, tiny_corpus, tmp_path, capsys):
+    import shutil
+
+    args = ["train", "search", "--encoder", "nbow", "--out", str(trained_run), "--resume", "--max-epochs", "9", *TINY]
+    before = {p.name: p.read_bytes() for p in trained_run.iterdir() if p.is_file()}
+    # Other data: fewer functions (--max-samples), or another corpus of the same size.
+    assert main(args + ["--corpus", str(tiny_corpus), "--max-samples", "20"]) == 2
+    assert "cannot resume on other data" in capsys.readouterr().err
+    other = shutil.copytree(tiny_corpus, tmp_path / "other")
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "content_hash": "sha256:another"}))
+    assert main(args + ["--corpus", str(other)]) == 2
+    assert "cannot resume on other data" in capsys.readouterr().err
+    # A missing vocabulary is never retrained on resume (the checkpoint's ids are defined by it).
+    (trained_run / "code_vocab.json").unlink()
+    assert main(args + ["--corpus", str(tiny_corpus)]) == 2
+    assert "code_vocab.json missing" in capsys.readouterr().err
+    after = {p.name: p.read_bytes() for p in trained_run.iterdir() if p.is_file()}
+    assert after == {k: v for k, v in before.items() if k != "code_vocab.json"}  # fnbody.json and query vocab untouched
+
+
+def test_train_refuses_an_out_folder_holding_other_files(tiny_corpus, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.jsonl").write_text("important\n")
+    args = ["train", "search", "--corpus", str(tiny_corpus), "--encoder", "nbow", "--max-steps", "1", *TINY]
+    assert main(args + ["--out", str(mine)]) == 2
+    assert "a folder with other files in it" in capsys.readouterr().err
+    assert (mine / "metrics.jsonl").read_text() == "important\n"
+    assert main(args + ["--out", str(mine / "metrics.jsonl")]) == 2
+    assert "a file, not a folder" in capsys.readouterr().err
+    # Config contradictions and out-of-range shares are named.
+    assert main(args + ["--out", str(tmp_path / "r"), "--set", "model.encoder=rnn"]) == 2
+    assert "contradicts --encoder nbow" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "r"), "--set", "func_name_fraction=2"]) == 2
+    assert "func_name_fraction" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "r"), "--set", "train.lr=nan"]) == 2
+    assert "lr must be a finite number" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_init_from_starts_where_the_run_ended(trained_run, tiny_corpus, tmp_path, capsys):
     """--init-from takes the run's vocabularies and weights: at a vanishing learning rate the vectors stay the run's."""
     from fnbody.search.embed import Embedder
@@ -235,6 +276,29 @@ def test_mismatched_index_and_missing_files(trained_run, tiny_corpus, tmp_path):
         SearchIndex.load(idx)
     with pytest.raises(FnbodyError, match="not a search index"):
         SearchIndex.load(tmp_path)
+    (idx / "index.json").write_text(json.dumps({**json.loads((idx / "index.json").read_text()), "format_version": 1}))
+    # Files of another build with the same shapes (another model's vectors, rows in another order) are refused.
+    build_index(other, read_split(tiny_corpus, "test"), tmp_path / "idx_other")
+    good = (idx / "embeddings.npy").read_bytes()
+    (idx / "embeddings.npy").write_bytes((tmp_path / "idx_other" / "embeddings.npy").read_bytes())
+    with pytest.raises(FnbodyError, match="embeddings.npy is not the file this index was built with"):
+        SearchIndex.load(idx)
+    (idx / "embeddings.npy").write_bytes(good)
+    from fnbody.io import read_jsonl, write_jsonl
+
+    rows = read_jsonl(idx / "records.jsonl.gz")
+    write_jsonl(idx / "records.jsonl.gz", rows[::-1])
+    with pytest.raises(FnbodyError, match="records.jsonl.gz is not the file"):
+        SearchIndex.load(idx)
+    write_jsonl(idx / "records.jsonl.gz", rows)
+    assert len(SearchIndex.load(idx)) == len(rows)  # the same bytes again: accepted
+    # A folder beside the index that merely shares the old temporary names is never touched.
+    for sibling in ("idx.tmp", "idx.old"):
+        (tmp_path / sibling).mkdir()
+        (tmp_path / sibling / "notes.txt").write_text("mine")
+    build_index(trained_run, read_split(tiny_corpus, "test"), idx)
+    assert all((tmp_path / s / "notes.txt").read_text() == "mine" for s in ("idx.tmp", "idx.old"))
+    assert not list(tmp_path.glob(".idx.building-*"))
     # A run folder with its vocabulary missing.
     (other / "code_vocab.json").unlink()
     with pytest.raises(FnbodyError, match="code_vocab.json"):

@@ -283,3 +283,4 @@ class ExecutionCheckedGenerator:
         best = self.generate([prompt], replace(cfg, n=1))[0]
         if best and best[0].text:
             yield best[0].text
+        return best[0] if best else None  # its finish_reason, for the server

@@ -155,4 +155,4 @@ class GuidedGenerator:
 
     def stream(self, prompt: str, cfg: GenerationConfig) -> Iterator[str]:
         with self._hooked(self.guide([prompt])):
-            yield from self.base.stream(prompt, cfg)
+            return (yield from self.base.stream(prompt, cfg))  # the base's Completion

@@ -201,7 +201,7 @@ class RetrievalAugmentedGenerator:
     def stream(self, prompt: str, cfg: GenerationConfig) -> Iterator[str]:
         """Stream one body generated after the prompt's retrieved context."""
         self.last_retrievals = self.retrieve([prompt], cfg.max_new_tokens)
-        yield from self.base.stream(self.last_retrievals[0].context + prompt, cfg)
+        return (yield from self.base.stream(self.last_retrievals[0].context + prompt, cfg))  # the base's Completion
 
 
 def query_all(index, queries: Sequence[str], k: int, hybrid: float | None = 0.0) -> list[list[dict]]:

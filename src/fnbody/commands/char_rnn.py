@@ -415,7 +415,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", required=True, help="corpus folder (fnbody corpus build)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (0 = no cap)")
     p.add_argument("--max-samples", type=int, default=None, help="only the first N functions of each split")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=None)

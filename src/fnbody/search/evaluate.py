@@ -189,5 +189,5 @@ def format_result(result: dict) -> str:
         if result.get(key):  # indented under the dense line: the same queries and batches
             lines.append(line(label, result[key]))
     if result.get("csn_sample_pool"):
-        lines.append(line("250 real CSN rows, whole pool", result["csn_sample_pool"]))
+        lines.append(line(f"{result['csn_sample_pool']['n']} CSN sample rows (--csn-sample), whole pool", result["csn_sample_pool"]))
     return "\n".join(lines)

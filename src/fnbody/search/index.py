@@ -91,9 +91,7 @@ def build_index(model_dir: str | Path, records: Iterable[dict], out_dir: str | P
     `fusion_from` (with `bm25`): a corpus folder whose valid split chooses the fusion weight that queries default to,
     scored with this model and the channel's IDF; recorded as index.json's `fusion_weight` (weight, pairs, every MRR).
     """
-    from fnbody import __version__
-    from fnbody.config import read_run_info, write_run_info
-    from fnbody.io import replace_dir
+    from fnbody.io import fresh_dir_beside, replace_dir
 
     out_dir = Path(out_dir)
     if fusion_from is not None and not bm25:
@@ -118,9 +116,22 @@ def build_index(model_dir: str | Path, records: Iterable[dict], out_dir: str | P
     token_lists = [r.get("code_tokens") or _tokens_of(row["code"]) for r, row in zip(records, rows)]
     vectors = emb.embed_code_tokens(token_lists, batch_size, desc="embed functions")
     seconds = time.perf_counter() - t0
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = fresh_dir_beside(out_dir, "building")  # never a fixed name that could be someone's folder
+    try:
+        info = _write_index(tmp, emb, model_dir, vectors, rows, token_lists, seconds, source, bm25, fusion_from)
+        replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
+def _write_index(tmp: Path, emb: Embedder, model_dir, vectors: np.ndarray, rows: list[dict], token_lists: list, seconds: float,
+                 source: str, bm25: bool, fusion_from) -> dict:
+    """Every file of an index into the empty folder `tmp`; returns index.json's contents."""
+    from fnbody import __version__
+    from fnbody.config import read_run_info, write_run_info
+
     (tmp / MODEL_DIR).mkdir(parents=True)
     np.save(tmp / VECTORS, vectors)
     write_jsonl(tmp / RECORDS, rows)
@@ -148,9 +159,39 @@ def build_index(model_dir: str | Path, records: Iterable[dict], out_dir: str | P
     }
     if chosen:
         info["fusion_weight"] = chosen
+    info["files"] = {name: file_fingerprint(tmp / name) for name in _data_files(bm25)}
     write_json(tmp / INDEX_INFO, info)
-    replace_dir(tmp, out_dir)
     return info
+
+
+def _data_files(bm25: bool) -> tuple[str, ...]:
+    from fnbody.search.lexical import BM25_ARRAYS
+
+    return (VECTORS, RECORDS, BM25_ARRAYS) if bm25 else (VECTORS, RECORDS)
+
+
+def file_fingerprint(path: Path, window: int = 1 << 20) -> str:
+    """sha256 of a file's size, first and last `window` bytes: cheap at every load, and different for the files of another
+    build (other vectors or another record order change the first bytes already)."""
+    import hashlib
+
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(window))
+        if size > window:
+            f.seek(max(window, size - window))
+            h.update(f.read(window))
+    return h.hexdigest()[:16]
+
+
+def check_index_files(path: Path, info: dict) -> None:
+    """Refuse an index whose vectors, records or BM25 arrays are not the files index.json was written with
+    (indexes from before these fingerprints are read as they are)."""
+    for name, fp in info.get("files", {}).items():
+        if (path / name).exists() and file_fingerprint(path / name) != fp:
+            raise FnbodyError(f"{path}: {name} is not the file this index was built with (another build's, or changed); "
+                              "rebuild it with `fnbody search index`")
 
 
 def _tokens_of(code: str) -> list[str]:
@@ -291,6 +332,7 @@ class SearchIndex:
         for name in (VECTORS, RECORDS, MODEL_DIR):
             if not (path / name).exists():
                 raise FnbodyError(f"{path}: index is missing {name}; rebuild it with `fnbody search index`")
+        check_index_files(path, info)
         emb = Embedder.load(path / MODEL_DIR, device, quantize=quantize)
         if emb.fingerprint != info.get("model_fingerprint"):
             raise FnbodyError(f"{path}: the model copy in the index does not match the one its vectors were built with; rebuild the index")

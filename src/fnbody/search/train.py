@@ -35,6 +35,12 @@ class SearchTrainConfig:
     init_from: str = field(default="", metadata={"help": "start from this trained search run's weights and tokenizers (same encoder "
                                                    "and architecture), e.g. to go on training it on a larger corpus; empty = fresh"})
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.func_name_fraction <= 1.0:
+            raise ValueError(f"func_name_fraction is a share in [0, 1], got {self.func_name_fraction}")
+        if self.vocab_min_frequency < 1 or self.max_valid < 0:
+            raise ValueError("vocab_min_frequency must be >= 1 and max_valid >= 0")
+
 
 def default_config(encoder: str) -> SearchTrainConfig:
     """CSN's documented defaults for `encoder`: Adam, lr decay 0.98 per epoch, clip 1, patience 5 on valid MRR.
@@ -137,7 +143,10 @@ def build_vocabs(train_records: list[dict], cfg: SearchTrainConfig, out_dir: Pat
         vocab = WordPieceVocab(spec)
         return vocab, vocab, spec, folder and str(folder)
     qpath, cpath = out_dir / QUERY_VOCAB, out_dir / CODE_VOCAB
-    if resume and qpath.exists() and cpath.exists():
+    if resume:  # the checkpoint's embedding rows mean these ids: never retrain them
+        missing = [p.name for p in (qpath, cpath) if not p.exists()]
+        if missing:
+            raise FnbodyError(f"{out_dir}: cannot resume: {', '.join(missing)} missing (the checkpoint's token ids are defined by it)")
         return SubwordVocab.load(qpath), SubwordVocab.load(cpath), None, None
     if init is not None:  # the starting run's ids, so its embeddings keep their meaning
         qv, cv = SubwordVocab.load(init / QUERY_VOCAB), SubwordVocab.load(init / CODE_VOCAB)
@@ -172,11 +181,21 @@ def check_init_run(init_from: str | Path, cfg: SearchTrainConfig) -> Path:
     return init
 
 
+def _is_search_run(folder: Path) -> bool:
+    """Whether `folder` holds a search run's fnbody.json (a run that never reached a checkpoint may be started over)."""
+    try:
+        from fnbody.config import read_run_info
+
+        return read_run_info(folder).get("kind") == KIND
+    except (FnbodyError, ValueError, OSError):
+        return False
+
+
 def train_search(corpus: str | Path, out_dir: str | Path, cfg: SearchTrainConfig, *, resume: bool = False,
                  max_samples: int | None = None, argv: list[str] | None = None) -> dict:
     """Train on `corpus`'s train split, early-stop on valid MRR, write the run folder; returns the final metrics row."""
     from fnbody.config import read_run_info, to_dict, write_run_info
-    from fnbody.corpus.io import read_split
+    from fnbody.corpus.io import check_corpus, read_split
     from fnbody.seed import set_seed
     from fnbody.train.loop import Trainer
 
@@ -184,19 +203,31 @@ def train_search(corpus: str | Path, out_dir: str | Path, cfg: SearchTrainConfig
     frozen = is_pretrained(cfg.model.encoder) and not cfg.finetune
     if frozen and resume:
         raise FnbodyError(f"{out_dir}: a frozen {cfg.model.encoder} run has no training to resume; fine-tune with --finetune")
+    saved: dict = {}
     if resume:
         if not (out_dir / "checkpoints" / "last").exists():
             raise FnbodyError(f"{out_dir}: nothing to resume (no checkpoints/last)")
-        old = read_run_info(out_dir)["config"]
-        if old["model"] != to_dict(cfg.model):
+        saved = read_run_info(out_dir)
+        if saved["config"]["model"] != to_dict(cfg.model):
             raise FnbodyError(f"{out_dir}: model config differs from the run being resumed; resume with the same settings")
     elif (out_dir / "checkpoints").exists():
         raise FnbodyError(f"{out_dir}: already holds a training run; pass --resume to continue it or choose another --out")
+    elif out_dir.is_dir() and any(out_dir.iterdir()) and not _is_search_run(out_dir):
+        raise FnbodyError(f"--out {out_dir}: a folder with other files in it; give a new or empty folder for the run")
+    elif out_dir.exists() and not out_dir.is_dir():
+        raise FnbodyError(f"--out {out_dir}: a file, not a folder")
     init = check_init_run(cfg.init_from, cfg) if cfg.init_from and not resume else None
+    corpus_hash = check_corpus(corpus).get("content_hash")
     train_records = read_split(corpus, "train", max_samples)
     valid_records = read_split(corpus, "valid", max_samples)
     if len(train_records) < 2:
         raise FnbodyError(f"{corpus}: train split has {len(train_records)} functions; in-batch training needs at least 2")
+    if resume:  # the same data, or the checkpoint's epoch and batch positions mean other functions
+        before = (saved.get("corpus_hash", corpus_hash), saved.get("counts", {}).get("train", len(train_records)))
+        if before != (corpus_hash, len(train_records)):
+            raise FnbodyError(f"{out_dir}: cannot resume on other data: the run trained on {before[1]} functions of "
+                              f"{saved.get('corpus')} ({before[0]}), this is {len(train_records)} of {corpus} ({corpus_hash}); "
+                              "resume with the same --corpus and --max-samples")
     out_dir.mkdir(parents=True, exist_ok=True)
     qv, cv, spec, weights_from = build_vocabs(train_records, cfg, out_dir, resume)
     m = cfg.model
@@ -204,8 +235,8 @@ def train_search(corpus: str | Path, out_dir: str | Path, cfg: SearchTrainConfig
     if cfg.max_valid:
         valid_records = valid_records[:cfg.max_valid]
     valid_data = encode_pairs(valid_records, qv, cv, m.query_max_len, m.code_max_len)
-    write_run_info(out_dir, KIND, cfg, argv, corpus=str(corpus), counts={"train": len(train_data), "valid": len(valid_data)},
-                   vocab_sizes={"query": qv.size, "code": cv.size})
+    write_run_info(out_dir, KIND, cfg, argv, corpus=str(corpus), corpus_hash=corpus_hash,
+                   counts={"train": len(train_data), "valid": len(valid_data)}, vocab_sizes={"query": qv.size, "code": cv.size})
     set_seed(cfg.train.seed)
     model = TwoTowerModel(m, qv.size, cv.size, spec, weights_from)
     if init is not None:
@@ -250,5 +281,5 @@ def config_with_overrides(encoder: str, overrides: list[str] | None) -> SearchTr
 
     cfg = apply_overrides(default_config(encoder), overrides)
     if cfg.model.encoder != encoder:
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=encoder))
+        raise FnbodyError(f"--set model.encoder={cfg.model.encoder} contradicts --encoder {encoder}; choose the encoder with --encoder")
     return cfg

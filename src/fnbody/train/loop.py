@@ -82,8 +82,8 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.micro_batch_size < 0 or self.max_epochs < 0 or self.max_steps < 0 or self.max_seconds < 0:
             raise ValueError("micro_batch_size, max_epochs, max_steps and max_seconds must be >= 0")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if self.group_by_length < 0:
             raise ValueError(f"group_by_length must be >= 0, got {self.group_by_length}")
 
