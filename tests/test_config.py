@@ -82,3 +82,15 @@ def test_resume_check_treats_a_key_the_run_predates_as_its_default(tmp_path):
     with pytest.raises(FnbodyError, match=r"inner.name was 'a', now 'z'"):
         check_resume_config(run, Outer(inner=Inner(name="z")), {"inner": None})
 
+
+
+def test_value_errors_name_the_config_section():
+    from fnbody.commands.lm import LMRunConfig, _resolve_annotations
+    from fnbody.errors import FnbodyError
+
+    _resolve_annotations()  # as the CLI does before building an lm config
+
+    with pytest.raises(FnbodyError, match=r"config section 'data': bleu_samples must be >= 0, got -1"):
+        from_dict(LMRunConfig, {"data": {"bleu_samples": -1}})
+    with pytest.raises(FnbodyError, match=r"config section 'train': lr must be a finite number > 0"):
+        from_dict(LMRunConfig, {"train": {"lr": -1.0}})

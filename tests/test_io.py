@@ -86,3 +86,21 @@ def test_replace_dir_puts_the_old_folder_back_when_the_move_fails(tmp_path):
 def test_metadata_that_is_not_an_object_is_named(tmp_path):
     with pytest.raises(FnbodyError, match=r"run: not a valid checkpoint: its metadata is a JSON list"):
         check_format_version([1], 1, "run", "checkpoint")
+
+
+def test_atomic_writes_keep_the_usual_file_mode(tmp_path):
+    import os
+    import stat
+
+    from fnbody.io import atomic_write_text
+
+    new = tmp_path / "new.txt"
+    atomic_write_text(new, "x")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~mask  # as open() would make it, not mkstemp's 0600
+    old = tmp_path / "old.txt"
+    old.write_text("a")
+    old.chmod(0o640)
+    atomic_write_text(old, "b")
+    assert stat.S_IMODE(old.stat().st_mode) == 0o640 and old.read_text() == "b"

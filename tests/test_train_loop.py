@@ -206,3 +206,42 @@ def test_resolve_device_names_a_bad_device_string():
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(FnbodyError, match="'bogus' is not a device"):
         resolve_device("bogus")
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("max_epochs", 0, "max_epochs must be >= 1"), ("warmup_steps", -5, "warmup_steps must be"), ("clip_norm", -1.0, "clip_norm must be"),
+    ("clip_value", float("nan"), "clip_value must be"), ("eval_every", -1, "eval_every must be"), ("beta1", 2.0, "Adam betas"),
+    ("lr_decay", -1.0, "lr_decay must be"), ("lr_decay", 0.0, "lr_decay must be"), ("weight_decay", -0.1, "weight_decay must be"),
+])
+def test_train_config_refuses_values_that_would_train_wrongly(field, value, needle):
+    with pytest.raises(ValueError, match=needle):
+        TrainConfig(**{field: value})
+
+
+def test_run_folder_checks_before_anything_is_written(tmp_path, capsys):
+    from fnbody.config import prepare_run_dir, write_run_info
+    from fnbody.errors import FnbodyError
+
+    assert prepare_run_dir(tmp_path / "new", resume=False, kind="lm") is False
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FnbodyError, match="a file, not a folder"):
+        prepare_run_dir(tmp_path / "afile", resume=False, kind="lm")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text("{}")  # e.g. a corpus folder
+    with pytest.raises(FnbodyError, match="a folder with other files in it"):
+        prepare_run_dir(other, resume=False, kind="lm")
+    crnn = tmp_path / "crnn"
+    write_run_info(crnn, "char-rnn", {"model": {}})
+    with pytest.raises(FnbodyError, match="a 'char-rnn' run, not a 'lm' run"):
+        prepare_run_dir(crnn, resume=True, kind="lm")
+    finished = tmp_path / "finished"
+    write_run_info(finished, "lm", {"model": {}})
+    (finished / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(FnbodyError, match="holds a finished lm run"):
+        prepare_run_dir(finished, resume=False, kind="lm")
+    assert (finished / "model.safetensors").read_bytes() == b"weights"
+    started = tmp_path / "started"  # died before its first checkpoint: --resume starts it again, and says so
+    write_run_info(started, "lm", {"model": {}})
+    assert prepare_run_dir(started, resume=True, kind="lm") is False
+    assert "nothing to resume" in capsys.readouterr().err

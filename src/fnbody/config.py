@@ -117,7 +117,8 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise FnbodyError(f"config {prefix or cls.__name__}: {e}") from None
+        where = f"config section {prefix.rstrip('.')!r}" if prefix else f"config {cls.__name__}"
+        raise FnbodyError(f"{where}: {e}") from None
     return obj
 
 
@@ -247,11 +248,28 @@ def check_resume_config(run_dir: str | Path, cfg: Any, keys: dict[str, tuple[str
                 raise FnbodyError(f"{run_dir}: cannot resume: {section}.{k} was {before!r}, now {after!r}")
 
 
-def prepare_run_dir(run_dir: str | Path, resume: bool) -> bool:
-    """Whether `run_dir` holds a checkpoint to resume; an error if it does and `resume` was not asked for."""
-    has_ckpt = (Path(run_dir) / "checkpoints" / "last").exists()
+def prepare_run_dir(run_dir: str | Path, resume: bool, kind: str) -> bool:
+    """Whether `run_dir` holds a checkpoint to resume. Errors, before anything is written, for a folder that is not a
+    `kind` run: a file, another kind of run, a folder of other files, a finished run (exported model) without checkpoints,
+    or a run with checkpoints when `resume` was not asked for. `resume` with nothing to resume starts a new run, saying so
+    (the pipeline resumes every stage it started, including one that died before its first checkpoint)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FnbodyError(f"--out {run_dir}: a file, not a folder")
+    has_ckpt = (run_dir / "checkpoints" / "last").exists()
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not (run_dir / RUN_INFO).exists():
+            raise FnbodyError(f"--out {run_dir}: a folder with other files in it (no {RUN_INFO}); give a new or empty folder for the run")
+        found = read_run_info(run_dir).get("kind")
+        if found != kind:
+            raise FnbodyError(f"--out {run_dir}: a {found!r} run, not a {kind!r} run; choose another --out")
+        if not has_ckpt and (run_dir / "model.safetensors").exists():
+            raise FnbodyError(f"--out {run_dir}: holds a finished {kind} run (model.safetensors, no checkpoints to resume); "
+                              "choose another --out or remove it")
     if has_ckpt and not resume:
         raise FnbodyError(f"{run_dir}: run folder already has checkpoints; continue it with --resume or choose another --out")
+    if resume and not has_ckpt:
+        print(f"{run_dir}: nothing to resume (no checkpoints/last): starting a new run", file=sys.stderr, flush=True)
     return has_ckpt
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import io
@@ -18,6 +19,14 @@ from typing import Any, Iterable, Iterator
 from fnbody.errors import FnbodyError
 
 
+@functools.cache
+def _umask() -> int:
+    """The process umask, read once (by setting it and back at once: the only portable way, not thread-safe to repeat)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[io.IOBase]:
     """Open a temporary file beside `path`; on clean exit fsync it and rename it over `path`.
@@ -28,6 +37,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp makes the file 0600: give it the mode a plain open() would (the old file's, else 0666 less the umask).
+    os.fchmod(fd, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
     os.close(fd)
     binary = "b" in mode
     try:

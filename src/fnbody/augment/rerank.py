@@ -33,7 +33,7 @@ class NeighbourRanker:
     def __init__(self, index, k: int = 3, hybrid: float | None = None,
                  exclude_repo: Callable[[str], str | None] | None = None) -> None:
         if k < 1:
-            raise FnbodyError(f"neighbour ranking: k must be >= 1, got {k}")
+            raise FnbodyError(f"retrieved neighbours (--rank-k / --guide-k): k must be >= 1, got {k}")
         from fnbody.search.index import check_hybrid
 
         if hybrid is not None:

@@ -183,7 +183,7 @@ def train_char_rnn(corpus_dir: str | Path, out_dir: str | Path, cfg: CharRNNRunC
 
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     check_corpus(corpus_dir)
-    has_ckpt = prepare_run_dir(out_dir, resume)
+    has_ckpt = prepare_run_dir(out_dir, resume, KIND)
     max_samples = cfg.data.max_samples or None
     train_texts, _ = split_text(corpus_dir, "train", cfg.data, max_samples)
     valid_texts, _ = split_text(corpus_dir, "valid", cfg.data, max_samples)

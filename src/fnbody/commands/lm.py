@@ -78,6 +78,11 @@ class LMDataConfig:
             raise ValueError(f"rag_fraction must be in (0, 1], got {self.rag_fraction}")
         if not (self.rag_hybrid >= 0 and math.isfinite(self.rag_hybrid)):
             raise ValueError(f"rag_hybrid must be a finite number >= 0, got {self.rag_hybrid}")
+        for name in ("max_samples", "eval_blocks", "bleu_samples"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.bleu_max_new_tokens < 1:
+            raise ValueError(f"bleu_max_new_tokens must be >= 1, got {self.bleu_max_new_tokens}")
 
 
 @dataclass
@@ -223,7 +228,7 @@ def train_lm(corpus_dir: str | Path, out_dir: str | Path, cfg: LMRunConfig, *, r
 
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     check_corpus(corpus_dir)
-    has_ckpt = prepare_run_dir(out_dir, resume)
+    has_ckpt = prepare_run_dir(out_dir, resume, KIND)
     dist = init_distributed(cfg.train.device)
     max_samples = cfg.data.max_samples or None
     try:

@@ -86,6 +86,16 @@ class TrainConfig:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if self.group_by_length < 0:
             raise ValueError(f"group_by_length must be >= 0, got {self.group_by_length}")
+        if self.max_epochs < 1:
+            raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
+        for name in ("weight_decay", "warmup_steps", "clip_value", "clip_norm", "eval_every", "log_every", "patience", "min_lr_ratio"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"Adam betas must be in [0, 1), got beta1={self.beta1}, beta2={self.beta2}")
+        if not (self.lr_decay > 0 and math.isfinite(self.lr_decay)):
+            raise ValueError(f"lr_decay must be a finite number > 0, got {self.lr_decay}")
 
 
 class Callback:
