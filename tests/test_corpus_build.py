@@ -461,3 +461,13 @@ def test_unwritable_out_and_plots_paths_are_named(tmp_path, capsys):
     with pytest.raises(FnbodyError, match=r"--plots .*afile/sub: cannot write token_lengths\.png \(Not a directory: .*afile/sub\)"):
         corpus_stats(out, plots_dir=afile / "sub")
     assert afile.read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["afile", "corpus", "src"]
+
+
+def test_sources_without_functions_are_an_error_not_an_empty_corpus(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.py").write_text("x = 1\n")
+    assert cli_main(["corpus", "build", str(empty), "--out", str(tmp_path / "c"), "-j", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no function with a docstring passed the filters" in err and "nothing written" in err
+    assert not (tmp_path / "c").exists()

@@ -252,6 +252,9 @@ def test_index_round_trip_and_query(trained_run, tiny_corpus, tmp_path, capsys):
     capsys.readouterr()
     assert main(["search", "query", str(idx), "merge two dictionaries", "-k", "2"]) == 0
     assert "merge_dicts" in capsys.readouterr().out
+    assert main(["search", "index", str(trained_run), "--corpus", str(tiny_corpus), "--out", str(tmp_path / "twice"),
+                 "--splits", "test,test"]) == 2
+    assert "named twice" in capsys.readouterr().err and not (tmp_path / "twice").exists()
     with pytest.raises(FnbodyError, match="stop words"):
         index.query("the and of")
 

@@ -116,6 +116,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     check_corpus(args.corpus)
     splits = [s for s in args.splits.split(",") if s]
+    if len(set(splits)) != len(splits):
+        raise FnbodyError(f"--splits {args.splits}: a split named twice would index its functions twice")
     records = [r for s in splits for r in iter_split(args.corpus, s, args.max_samples)]
     info = build_index(args.run, records, args.out, overwrite=args.overwrite, source=f"{args.corpus}:{','.join(splits)}", device=args.device,
                        bm25=args.bm25, fusion_from=args.corpus if args.hybrid_weight else None)

@@ -217,6 +217,10 @@ def build_corpus(sources: list[str], out: str | Path, cfg: BuildConfig | None = 
     records.sort(key=lambda r: (r["repo"], r["path"], r["lineno"] or 0, r["func_name"]))
     fn_counts = dict(total["functions"])
     n_after_filters = len(records)
+    if not records and base is None:  # nothing to write: a wrong path or a --max-files cap, not a corpus
+        skipped = ", ".join(f"{k} {v}" for k, v in total["skips"].items() if v) or "none"
+        raise FnbodyError(f"no function with a docstring passed the filters in {', '.join(map(str, sources)) or 'the default sources'} "
+                          f"({fn_counts.get('extracted', 0)} functions extracted; inputs skipped: {skipped}); nothing written")
     n_eval_repo = 0
     fixed: list[dict] = []
     if base is not None:
