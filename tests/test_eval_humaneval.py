@@ -120,3 +120,84 @@ def test_bleu_syntax_novelty_commands_on_a_corpus(tmp_path, capsys):
     dup = _write(tmp_path / "dup.jsonl", samples[:1] * 2)
     assert main(["eval", "bleu", str(dup), "--references", str(corpus)]) == 2
     assert "dup.jsonl:2: duplicate sample" in capsys.readouterr().err
+
+
+# ----- bad flags and output paths are refused before any work -------------------------------------
+
+def _tiny_problems(tmp_path):
+    probs = [{"task_id": "t/0", "prompt": "def inc(x):\n", "test": "def check(f):\n    assert f(1) == 2\n", "entry_point": "inc"}]
+    pfile = _write(tmp_path / "p.jsonl", probs)
+    samples = _write(tmp_path / "s.jsonl", [{"task_id": "t/0", "completion": "    return x + 1\n"}])
+    return pfile, samples
+
+
+def test_eval_refuses_an_output_that_is_an_input(tmp_path, capsys):
+    from conftest import make_tiny_corpus
+    from fnbody.corpus.io import read_split
+
+    pfile, samples = _tiny_problems(tmp_path)
+    corpus = make_tiny_corpus(tmp_path / "corpus")
+    refs = _write(tmp_path / "refs.jsonl", [{"task_id": reference_task_id(r), "prompt": r["prompt"], "body": r["body"]}
+                                           for r in read_split(corpus, "test")])
+    gen = _write(tmp_path / "gen.jsonl", [{"task_id": reference_task_id(r), "completion": "    pass\n", "prompt": r["prompt"]}
+                                          for r in read_split(corpus, "test")])
+    files = {p: p.read_bytes() for p in (pfile, samples, refs, gen)}
+    for argv, named in (
+        (["humaneval", samples, "--problems", pfile, "--out", samples], "is the same file as SAMPLES"),
+        (["humaneval", samples, "--problems", pfile, "--out", tmp_path / "corpus" / ".." / "p.jsonl"], "is the same file as --problems"),
+        (["bleu", gen, "--references", corpus, "--out", gen], "is the same file as SAMPLES"),
+        (["bleu", gen, "--references", refs, "--out", refs], "is the same file as --references"),
+        (["syntax", gen, "--out", gen], "is the same file as SAMPLES"),
+        (["novelty", gen, "--corpus", corpus, "--out", gen], "is the same file as SAMPLES"),
+    ):
+        assert main(["eval", *map(str, argv)]) == 2
+        assert named in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in files} == files
+
+
+@pytest.mark.parametrize("metric", ["humaneval", "syntax"])
+@pytest.mark.parametrize("where, message", [(lambda t: t, "is a folder"), (lambda t: t / "s.jsonl" / "r.jsonl", "is not a folder"),
+                                            (lambda t: "/proc/nope/r.jsonl", "cannot write a file in /proc")])
+def test_eval_refuses_an_unwritable_out_before_work(tmp_path, capsys, metric, where, message):
+    pfile, samples = _tiny_problems(tmp_path)
+    argv = ["eval", metric, str(samples), "--problems", str(pfile), "--out", str(where(tmp_path))]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--timeout", "0"], "--timeout 0: must be a finite number of seconds > 0"),
+    (["--timeout", "-1"], "--timeout -1: must be a finite number of seconds > 0"),
+    (["--timeout", "nan"], "--timeout nan: must be a finite number of seconds > 0"),
+    (["--memory-mb", "0"], "--memory-mb 0: must be a number of MiB >= 1"),
+    (["--memory-mb", "-5"], "--memory-mb -5: must be a number of MiB >= 1"),
+    (["--workers", "0"], "--workers 0: must be an integer >= 1"),
+    (["--workers", "-1"], "--workers -1: must be an integer >= 1"),
+])
+def test_humaneval_refuses_out_of_range_limits(tmp_path, capsys, flags, message):
+    pfile, samples = _tiny_problems(tmp_path)
+    assert main(["eval", "humaneval", str(samples), "--problems", str(pfile), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "s_humaneval_results.jsonl").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bleu", "--max-samples", "0"], "--max-samples 0: must be an integer >= 1"),
+    (["bleu", "--max-samples", "-3"], "--max-samples -3: must be an integer >= 1"),
+    (["novelty", "--max-train", "0"], "--max-train 0: must be an integer >= 1"),
+    (["novelty", "--max-train", "-1"], "--max-train -1: must be an integer >= 1"),
+    (["syntax", "--problems", "P"], "--references and --problems both give prompts: pass one of them"),
+])
+def test_corpus_metrics_refuse_bad_flags(tmp_path, capsys, tiny_corpus, argv, message):
+    samples = _write(tmp_path / "s.jsonl", [{"task_id": "x", "completion": "    pass\n", "prompt": "def f():\n"}])
+    metric, *flags = argv
+    source = ["--corpus", str(tiny_corpus)] if metric == "novelty" else ["--references", str(tiny_corpus)]
+    assert main(["eval", metric, str(samples), *source, *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_tasks_are_named_in_natural_order(problems):
+    samples = [{"task_id": f"HumanEval/{i}", "completion": ""} for i in range(3)]
+    with pytest.raises(FnbodyError, match=r"161 problem\(s\) have no samples, first 'HumanEval/3'"):
+        evaluate_functional_correctness(samples, problems, ks=(1,))

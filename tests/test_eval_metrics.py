@@ -160,3 +160,15 @@ def test_perplexity_helpers():
     assert aggregate_nll([(2.0, 2), (4.0, 1)]) == (6.0, 3)
     with pytest.raises(FnbodyError):
         cross_entropy(1.0, 0)
+
+
+def test_novelty_refuses_an_empty_train_set(tiny_corpus, tmp_path):
+    for bad in (0, -1):
+        with pytest.raises(FnbodyError, match=f"train functions must be >= 1.*got {bad}"):
+            NgramIndex.from_corpus(tiny_corpus, (4,), max_samples=bad)
+    assert NgramIndex.from_corpus(tiny_corpus, (4,), max_samples=2).documents == 2
+    from conftest import make_tiny_corpus
+
+    empty = make_tiny_corpus(tmp_path / "empty", n_per_split=(0, 2, 2))
+    with pytest.raises(FnbodyError, match="the train split has no functions"):
+        NgramIndex.from_corpus(empty, (4,))

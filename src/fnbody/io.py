@@ -175,6 +175,36 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def check_output_file(path: str | Path, flag: str, inputs: dict[str, str | Path | None] | None = None) -> Path:
+    """`path` when a file can be written there; else FnbodyError naming `flag`. Checked before any work.
+
+    Refused: a folder; a path whose nearest existing folder cannot be written (the missing folders are not made
+    here); and a path that is (resolves to) the same file as one of `inputs` ({flag: path}), which writing would destroy.
+    """
+    path = Path(path)
+    target = path.resolve()
+    for in_flag, src in (inputs or {}).items():
+        if src is not None and Path(src).is_file() and Path(src).resolve() == target:
+            raise FnbodyError(f"{flag} {path}: is the same file as {in_flag} {src}; writing it would destroy the input "
+                              "(choose another output file)")
+    if path.is_dir():
+        raise FnbodyError(f"{flag} {path}: is a folder; give a file path")
+    if path.exists() and not path.is_file():
+        raise FnbodyError(f"{flag} {path}: exists and is not a regular file")
+    folder = target.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise FnbodyError(f"{flag} {path}: cannot write there ({folder} is not a folder)")
+    try:  # a real write, not os.access: root passes access checks on folders such as /proc that refuse files
+        fd, probe = tempfile.mkstemp(prefix=".fnbody-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise FnbodyError(f"{flag} {path}: cannot write a file in {folder} ({e.strerror or e})") from None
+    return path
+
+
 def os_reason(e: OSError) -> str:
     """An OSError in words for a user: `strerror: filename` (`Permission denied: /data/x`)."""
     if e.strerror and e.filename:

@@ -225,7 +225,7 @@ class ExecutionCheckedGenerator:
             for i, outs in enumerate(self.base.generate(prompts, replace(cfg, n=1, temperature=0.0))):
                 per[i] += [self._cand(c, "greedy") for c in outs]
         if n_sampled > 0:
-            sampled_cfg = replace(cfg, n=n_sampled, temperature=self.temperature if self.temperature > 0 else 0.8, top_p=self.top_p)
+            sampled_cfg = replace(cfg, n=n_sampled, temperature=self.temperature, top_p=self.top_p)
             for i, outs in enumerate(self.base.generate(prompts, sampled_cfg)):
                 per[i] += [self._cand(c, "sample") for c in outs]
         merged = []

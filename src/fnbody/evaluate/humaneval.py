@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from typing import Sequence
 
@@ -10,6 +11,11 @@ from fnbody.errors import FnbodyError
 from fnbody.evaluate.execution import Limits, limits_signature, run_programs, sandbox_info
 from fnbody.evaluate.passk import pass_at_k
 from fnbody.progress import progress
+
+
+def natural_key(task_id: str) -> list:
+    """Sort key ordering digit runs by value: HumanEval/3 before HumanEval/10."""
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", task_id))]  # str, int, str, ...
 
 
 def build_program(problem: dict, completion: str) -> str:
@@ -27,7 +33,7 @@ def evaluate_functional_correctness(samples: Sequence[dict], problems: dict[str,
     if unknown:
         raise FnbodyError(f"{len(unknown)} sample(s) name unknown task ids, first {unknown[0]!r}")
     attempted = {s["task_id"] for s in samples}
-    missing = sorted(set(problems) - attempted)
+    missing = sorted(set(problems) - attempted, key=natural_key)
     if missing and not allow_missing:
         raise FnbodyError(f"{len(missing)} problem(s) have no samples, first {missing[0]!r} "
                           "(evaluate a problems file with only the attempted tasks, or use --skip-invalid)")

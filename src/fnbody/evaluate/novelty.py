@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from fnbody import __version__
+from fnbody.errors import FnbodyError
 from fnbody.evaluate.bleu import code_tokens
 from fnbody.progress import progress
 
@@ -51,9 +52,13 @@ class NgramIndex:
         """Build from the train split's function code (`code`, else prompt + body)."""
         from fnbody.corpus.io import iter_split
 
+        if max_samples is not None and max_samples < 1:  # 0 would compare against nothing: novelty 1.0 everywhere
+            raise FnbodyError(f"novelty: the number of train functions must be >= 1 (or None for all), got {max_samples}")
         index = cls(ns)
         for rec in progress(iter_split(corpus_dir, "train", max_samples), desc="train n-grams", unit="fn"):
             index.add(code_tokens(rec.get("code") or rec["prompt"] + rec["body"]))
+        if not index.documents:
+            raise FnbodyError(f"{corpus_dir}: the train split has no functions to compare with")
         return index
 
 

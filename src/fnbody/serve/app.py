@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fnbody.errors import FnbodyError
 from fnbody.generate.base import MAX_SEED, Completion, GenerationConfig, Generator
-from fnbody.generate.stopping import def_indent
+from fnbody.generate.prompts import prompt_problem
 from fnbody.serve.schemas import (
     CompletionChoice,
     CompletionRequest,
@@ -294,13 +294,9 @@ def create_app(generator: Generator, search_index: SearchIndex | None = None,
             raise APIError(400, f"prompt: at most {settings.max_prompts} prompts per request, got {len(prompts)}", param="prompt")
         for i, p in enumerate(prompts):
             where = "prompt" if isinstance(req.prompt, str) else f"prompt[{i}]"
-            try:
-                p.encode("utf-8")
-                def_indent(p)
-            except UnicodeEncodeError:
-                raise APIError(400, f"{where}: not valid Unicode text (a lone surrogate such as \\ud800)", param="prompt") from None
-            except FnbodyError as e:
-                raise APIError(400, f"{where}: {e}", param="prompt") from None
+            why = prompt_problem(p)  # no `def` line, or a lone surrogate no tokenizer takes
+            if why:
+                raise APIError(400, f"{where}: {why}", param="prompt")
         unsupported = {"logprobs": req.logprobs is not None, "suffix": req.suffix is not None,
                        "presence_penalty": req.presence_penalty not in (None, 0), "frequency_penalty": req.frequency_penalty not in (None, 0),
                        "best_of": req.best_of not in (None, req.n), "logit_bias": bool(req.logit_bias)}
