@@ -46,6 +46,8 @@ def main() -> int:
     ap.add_argument("--oracle", action="store_true", help="also run every checked candidate against HumanEval's tests: "
                     "sampling pass@1 and pass@N, the ceiling a perfect ranker would reach (diagnostic only)")
     ap.add_argument("--bleu-samples", type=int, default=64, help="test rows for BLEU (0 = skip BLEU)")
+    ap.add_argument("--split", default="test", choices=("valid", "test"), help="corpus split of the BLEU rows (valid: to choose "
+                    "settings before test is read)")
     ap.add_argument("--humaneval", type=int, default=164, help="first N HumanEval problems")
     ap.add_argument("--checked", type=int, default=5, help="candidates per problem (greedy + N-1 samples)")
     ap.add_argument("--temperature", type=float, default=0.8)
@@ -94,7 +96,7 @@ def main() -> int:
         return out, round(time.perf_counter() - t0, 1)
 
     # --- BLEU on the test split, with and without retrieval ----------------------------------------
-    rows = [{**r, "task_id": task_id(r)} for r in read_split(args.corpus, "test", args.bleu_samples)] if args.bleu_samples else []
+    rows = [{**r, "task_id": task_id(r)} for r in read_split(args.corpus, args.split, args.bleu_samples)] if args.bleu_samples else []
     rag = RetrievalAugmentedGenerator(gen, index, k=args.rag_k, exclude_repo=repo_lookup(rows), budget_tokens=args.rag_budget_tokens)
     settings = [("plain", gen), ("rag", rag)]
     if args.rag_hybrid > 0:
@@ -154,13 +156,13 @@ def main() -> int:
     print(f"\nmodel {gen.name} ({params / 1e6:.1f}M parameters), {os.environ.get('OMP_NUM_THREADS', '?')} OMP threads")
     p, r = bleu.get("plain"), bleu.get("rag")
     if p and r:
-        print(f"test BLEU (n={len(rows)}): plain {p['bleu']:.2f} -> rag {r['bleu']:.2f} ({r['bleu'] / max(p['bleu'], 1e-9) - 1:+.1%}); "
+        print(f"{args.split} BLEU (n={len(rows)}): plain {p['bleu']:.2f} -> rag {r['bleu']:.2f} ({r['bleu'] / max(p['bleu'], 1e-9) - 1:+.1%}); "
               f"seed-BLEU {p['seed-bleu']:.4f} -> {r['seed-bleu']:.4f} ({r['seed-bleu'] / max(p['seed-bleu'], 1e-9) - 1:+.1%}); "
               f"own-repo hits {leaks}; BLEU difference p = {r['vs_plain']['p_value']:.3f} (paired bootstrap); "
               f"brevity penalty {p['bp']:.3f} -> {r['bp']:.3f} (length ratio {p['len_ratio']:.2f} -> {r['len_ratio']:.2f})  [target >= +10%]")
     h = bleu.get("rag+bm25")
     if p and h:
-        print(f"test BLEU (n={len(rows)}), retrieval fused with BM25 (weight {args.rag_hybrid:g}): plain {p['bleu']:.2f} -> {h['bleu']:.2f} "
+        print(f"{args.split} BLEU (n={len(rows)}), retrieval fused with BM25 (weight {args.rag_hybrid:g}): plain {p['bleu']:.2f} -> {h['bleu']:.2f} "
               f"({h['bleu'] / max(p['bleu'], 1e-9) - 1:+.1%}); seed-BLEU {p['seed-bleu']:.4f} -> {h['seed-bleu']:.4f} "
               f"({h['seed-bleu'] / max(p['seed-bleu'], 1e-9) - 1:+.1%}); BLEU difference p = {h['vs_plain']['p_value']:.3f}; "
               f"brevity penalty {h['bp']:.3f} (length ratio {h['len_ratio']:.2f})  [target >= +10%]")
