@@ -168,6 +168,16 @@ def test_a_refused_resume_writes_nothing(trained_run, tiny_corpus, tmp_path, cap
     assert after == {k: v for k, v in before.items() if k != "code_vocab.json"}  # fnbody.json and query vocab untouched
 
 
+def test_resume_of_a_run_that_died_before_its_first_checkpoint_starts_it_again(tiny_corpus, tmp_path, capsys):
+    from fnbody.config import write_run_info
+
+    run = tmp_path / "died"
+    write_run_info(run, "search", {"model": {}})  # what a run killed while building its vocabularies leaves
+    args = ["train", "search", "--corpus", str(tiny_corpus), "--encoder", "nbow", "--out", str(run), "--max-steps", "2", *TINY]
+    assert main(args + ["--resume"]) == 0  # as the pipeline reruns a stage it started
+    assert "nothing to resume" in capsys.readouterr().err and (run / "checkpoints" / "last").exists()
+
+
 def test_train_refuses_an_out_folder_holding_other_files(tiny_corpus, tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()

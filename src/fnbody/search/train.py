@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,41 +180,26 @@ def check_init_run(init_from: str | Path, cfg: SearchTrainConfig) -> Path:
     return init
 
 
-def _is_search_run(folder: Path) -> bool:
-    """Whether `folder` holds a search run's fnbody.json (a run that never reached a checkpoint may be started over)."""
-    try:
-        from fnbody.config import read_run_info
-
-        return read_run_info(folder).get("kind") == KIND
-    except (FnbodyError, ValueError, OSError):
-        return False
-
-
 def train_search(corpus: str | Path, out_dir: str | Path, cfg: SearchTrainConfig, *, resume: bool = False,
                  max_samples: int | None = None, argv: list[str] | None = None) -> dict:
     """Train on `corpus`'s train split, early-stop on valid MRR, write the run folder; returns the final metrics row."""
-    from fnbody.config import read_run_info, to_dict, write_run_info
+    from fnbody.config import prepare_run_dir, read_run_info, to_dict, write_run_info
     from fnbody.corpus.io import check_corpus, read_split
     from fnbody.seed import set_seed
     from fnbody.train.loop import Trainer
 
     out_dir = Path(out_dir)
     frozen = is_pretrained(cfg.model.encoder) and not cfg.finetune
-    if frozen and resume:
-        raise FnbodyError(f"{out_dir}: a frozen {cfg.model.encoder} run has no training to resume; fine-tune with --finetune")
+    # A file, another kind of run or a folder of other files is refused; --resume with no checkpoints/last (a stage that
+    # died before its first checkpoint, or a frozen run, which has none) starts the run again, as the pipeline needs.
+    asked, resume = resume, prepare_run_dir(out_dir, resume, KIND) and resume
     saved: dict = {}
     if resume:
-        if not (out_dir / "checkpoints" / "last").exists():
-            raise FnbodyError(f"{out_dir}: nothing to resume (no checkpoints/last)")
         saved = read_run_info(out_dir)
         if saved["config"]["model"] != to_dict(cfg.model):
             raise FnbodyError(f"{out_dir}: model config differs from the run being resumed; resume with the same settings")
-    elif (out_dir / "checkpoints").exists():
+    elif (out_dir / "checkpoints").exists() and not asked:
         raise FnbodyError(f"{out_dir}: already holds a training run; pass --resume to continue it or choose another --out")
-    elif out_dir.is_dir() and any(out_dir.iterdir()) and not _is_search_run(out_dir):
-        raise FnbodyError(f"--out {out_dir}: a folder with other files in it; give a new or empty folder for the run")
-    elif out_dir.exists() and not out_dir.is_dir():
-        raise FnbodyError(f"--out {out_dir}: a file, not a folder")
     init = check_init_run(cfg.init_from, cfg) if cfg.init_from and not resume else None
     corpus_hash = check_corpus(corpus).get("content_hash")
     train_records = read_split(corpus, "train", max_samples)
