@@ -77,19 +77,26 @@ if [ -n "$SMOKE" ]; then
   CSN=${CSN:-$ROOT/../shared/data/csn-python-sample}
   CORPUS=$W/smoke_corpus
   "$PY" - "${SMOKE_SOURCE:-/tmp/corpus_default}" "$CORPUS" <<'EOF'
-import gzip, json, shutil, sys
+import gzip, hashlib, json, shutil, sys
 from pathlib import Path
 src, dst = Path(sys.argv[1]), Path(sys.argv[2])
 shutil.rmtree(dst, ignore_errors=True)
+files = {}
 for split, n in (("train", 400), ("valid", 60), ("test", 80)):
     (dst / split).mkdir(parents=True)
     rows = []
     for f in sorted((src / split).glob("*.jsonl.gz")):
         with gzip.open(f, "rt") as fh:
             rows += [line for _, line in zip(range(n - len(rows)), fh)]
-    with gzip.open(dst / split / f"python_{split}_0.jsonl.gz", "wt") as fh:
+    out = dst / split / f"python_{split}_0.jsonl.gz"
+    with gzip.open(out, "wt") as fh:
         fh.writelines(rows)
-shutil.copy(src / "manifest.json", dst / "manifest.json")
+    data = out.read_bytes()
+    files[f"{split}/{out.name}"] = {"records": len(rows), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+# The source's manifest, with the shards this slice really has (readers check them against it).
+manifest = {**json.loads((src / "manifest.json").read_text()), "files": files}
+manifest["content_hash"] = "sha256:" + hashlib.sha256("".join(f"{k}:{files[k]['sha256']}\n" for k in sorted(files)).encode()).hexdigest()
+(dst / "manifest.json").write_text(json.dumps(manifest, indent=2))
 EOF
   MINILM_S=15; MINILM_CAP="--max-samples 300 --set train.eval_every=4 --set max_valid=60"; MINILM_BATCH=16
   SEARCH_S=3; CAP="--max-samples 300 --set train.batch_size=50"
@@ -129,6 +136,7 @@ evaluate_run() {  # run folder -> run/eval.json (CSN protocol on test, and the r
 
 search_one() {  # encoder, budget seconds: CSN defaults from scratch
   local enc=$1 run=$W/search/$1
+  mkdir -p "$W/search"
   say "search $enc: train ${2}s"
   timeout $(( $2 + 240 )) "${FN[@]}" train search --corpus "$CORPUS" --encoder "$enc" --out "$run" --device "$DEV" $CAP \
       --set "train.max_seconds=$2" --set train.show_progress=false > "$run.log" 2>&1 && evaluate_run "$run"
