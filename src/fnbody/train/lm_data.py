@@ -71,8 +71,9 @@ def tokenize_functions(records, tokenizer, desc: str = "tokenize", contexts: lis
             if not isinstance(r.get("prompt"), str) or not isinstance(r.get("body"), str):
                 raise FnbodyError(f"record {start + i} ({r.get('func_name', '?')}): missing prompt/body text; is this an fnbody corpus?")
         texts = [(contexts[start + i] if contexts is not None else "") + r["prompt"] for i, r in enumerate(part)]
-        prompts = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        bodies = tokenizer([r["body"] for r in part], add_special_tokens=False)["input_ids"]
+        # verbose=False: functions longer than the model's context are expected here (they are packed into blocks).
+        prompts = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        bodies = tokenizer([r["body"] for r in part], add_special_tokens=False, verbose=False)["input_ids"]
         for p, b in zip(prompts, bodies):
             seq = np.asarray([eos, *p, *b], dtype=np.int32)
             m = np.zeros(len(seq), dtype=np.uint8)
