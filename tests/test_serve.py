@@ -556,9 +556,20 @@ def test_serve_command_defaults_to_localhost_and_checks_its_run(tmp_path, capsys
         [True, True, True, False, False, False]
     assert main(["serve", str(tmp_path / "missing"), "--port", "0"]) == 2
     assert "--port must be in 1..65535" in capsys.readouterr().err
-    assert main(["serve", str(tmp_path / "missing")]) == 2  # no run there: a one-line error, no traceback
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:  # a taken port is said before the run is even looked at (a model load takes seconds)
+        assert main(["serve", str(tmp_path / "missing"), "--port", str(port)]) == 2
+        assert f"--port {port}: cannot listen there" in capsys.readouterr().err
+    finally:
+        busy.close()
+    assert main(["serve", str(tmp_path / "missing"), "--port", str(port)]) == 2  # no run there: a one-line error, no traceback
     err = capsys.readouterr().err
     assert err.startswith("fnbody: error:") and "missing" in err
+    assert main(["serve", str(tmp_path / "missing"), "--port", str(port), "--checked", "2", "--checked-temperature", "0"]) == 2
+    assert "--checked-temperature" in capsys.readouterr().err  # augment flags too, before the model
 
 
 def test_worker_runs_in_order_and_skips_cancelled_jobs():

@@ -45,14 +45,31 @@ def register(sub, groups) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def check_listen(host: str, port: int) -> None:
+    """FnbodyError when nothing can listen on host:port (port taken, address not on this machine): said before the model
+    loads, not after. The probe socket is closed at once; the server binds the address again itself."""
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a port in TIME_WAIT is free
+            s.bind(addr)
+    except OSError as e:
+        raise FnbodyError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from fnbody.commands.generate import augment_generator, check_augment_args
     from fnbody.generate.load import load_generator
     from fnbody.serve.app import ServeSettings, create_app
 
     if not 0 < args.port < 65536:
         raise FnbodyError(f"--port must be in 1..65535, got {args.port}")
+    check_augment_args(args)  # every flag checked before the model loads (~10 s)
+    check_listen(args.host, args.port)
     settings = ServeSettings(queue_size=args.queue_size, search_queue_size=args.queue_size,
                              request_timeout_s=args.timeout, max_tokens_cap=args.max_tokens_cap,
                              default_max_tokens=min(256, args.max_tokens_cap), max_body_bytes=args.max_body_bytes, require_body=args.require_body)
@@ -61,8 +78,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from fnbody.search.index import SearchIndex
 
         index = SearchIndex.load(args.search, device="cpu", quantize=args.search_int8).warm()
-    from fnbody.commands.generate import augment_generator
-
     generator = augment_generator(load_generator(args.run, device=args.device), args)
     if not is_loopback(args.host):
         print(f"fnbody: warning: binding {args.host}: the server has no authentication; anyone who can reach "
