@@ -602,3 +602,18 @@ def test_settings_refuse_a_timeout_that_is_not_a_finite_positive_number():
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(FnbodyError, match="request_timeout_s must be a finite number > 0"):
             ServeSettings(request_timeout_s=bad)
+
+
+def test_a_stalled_request_body_gets_408_instead_of_holding_the_connection(gen):
+    import urllib.parse
+
+    with running_server(create_app(gen, settings=ServeSettings(request_timeout_s=1.0))) as url:
+        u = urllib.parse.urlparse(url)
+        with socket.create_connection((u.hostname, u.port), timeout=10) as s:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"prompt\": ")  # 11 of the 100 bytes promised, then silence
+            start = time.monotonic()
+            reply = s.recv(4096).decode()
+            assert reply.startswith("HTTP/1.1 408") and "body_timeout" in reply
+            assert time.monotonic() - start < 5
+        assert httpx.post(f"{url}/v1/completions", json={"prompt": PROMPT}).status_code == 200  # still serving

@@ -109,11 +109,12 @@ class BodyLimitMiddleware:
     """Refuse request bodies over `max_bytes` with 413, whether or not Content-Length is sent.
 
     The body is read (up to the limit) before the app sees it and then replayed, so an oversized
-    chunked body is caught here rather than half-way through JSON parsing.
+    chunked body is caught here rather than half-way through JSON parsing. A client that stops sending
+    before its body is complete gets 408 after `read_timeout_s`, instead of holding the connection forever.
     """
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, read_timeout_s: float = 30.0):
+        self.app, self.max_bytes, self.read_timeout_s = app, max_bytes, read_timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -129,7 +130,11 @@ class BodyLimitMiddleware:
                     return await _error_response(too_big)(scope, receive, send)
         chunks, size = [], 0
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=self.read_timeout_s)
+            except asyncio.TimeoutError:
+                return await _error_response(APIError(408, f"request body not received within {self.read_timeout_s:g} s",
+                                                      code="body_timeout"))(scope, receive, send)
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
@@ -227,7 +232,7 @@ def create_app(generator: Generator, search_index: SearchIndex | None = None,
         redoc_url=None,
     )
     app.state.settings = settings
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, read_timeout_s=min(30.0, settings.request_timeout_s))
     error_responses = {s: {"model": ErrorResponse} for s in (400, 404, 413, 429, 504)}
 
     # ----- errors: always the OpenAI shape, always a message ---------------------------------------
