@@ -288,3 +288,32 @@ def test_sweep_writes_tables_and_reuses_settings(tiny_corpus, tmp_path, capsys):
     assert main(args + ["--temperature", "0"]) == 0  # other decoding: rescored, still not retrained
     assert (run / "sweep_train.json").stat().st_mtime_ns == before and len(list(run.glob("sweep_bleu-*.json"))) == 2
     assert "Decoding: temperature 0.0" in (out / "sweep.md").read_text()
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--lrs", ""], "--lrs is empty"),
+    (["--lrs", "0"], "--lrs must all be"),
+    (["--lrs", "nan"], "--lrs must all be"),
+    (["--batch-sizes", "0"], "--batch-sizes must all be"),
+    (["--max-steps", "-1"], "--max-steps must be >= 0"),
+    (["--bleu-samples", "-1"], "--bleu-samples must be >= 0"),
+])
+def test_sweep_refuses_bad_grids_before_training(tiny_corpus, tmp_path, capsys, flags, match):
+    args = ["sweep", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "s"), "--cells", "lstm", "--lrs", "0.01",
+            "--batch-sizes", "8", "--max-steps", "1", "--bleu-samples", "1"]
+    assert main(args + flags) == 2
+    assert match in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+def test_sweep_refuses_a_missing_corpus_a_file_out_and_other_settings_results(tiny_corpus, tmp_path, capsys):
+    base = ["--cells", "lstm", "--lrs", "0.01", "--batch-sizes", "8", "--max-steps", "1", "--bleu-samples", "1", "--device", "cpu"]
+    assert main(["sweep", "--corpus", str(tmp_path / "nope"), "--out", str(tmp_path / "s"), *base]) == 2
+    assert "corpus folder not found" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main(["sweep", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "afile"), *base]) == 2
+    assert "is a file" in capsys.readouterr().err
+    run = tmp_path / "s" / "runs" / "lstm-bs8-lr0.01"
+    run.mkdir(parents=True)
+    (run / "sweep_train.json").write_text(json.dumps({"steps": 99, "valid_loss": 1.0, "valid_ppl": 2.7, "config_key": "another"}))
+    assert main(["sweep", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "s"), *base]) == 2
+    assert "trained with other sweep settings" in capsys.readouterr().err

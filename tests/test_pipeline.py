@@ -339,3 +339,116 @@ def test_report_splits_the_bleu_change_into_brevity_and_precision(tmp_path):
     assert "+10% relative (brevity penalty x1.25, n-gram precisions x0.88)" in text
     assert "**m** (fine-tuned with retrieved context)" in text and "MiniLM encoder" in text
     assert rep["beyond"]["m"]["bleu_gain"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("override, match", [
+    ("search.encoders=[\"bogus\"]", "unknown encoder"),
+    ("search.encoders=[\"nbow\",\"nbow\"]", "twice"),
+    ("search.max_steps=-5", "max_steps must be >= 0"),
+    ("corpus.max_files=-1", "max_files must be >= 0"),
+    ("char_rnn.hidden=0", "hidden must be >= 1"),
+    ("char_rnn.cell=lsmt", "cell must be one of"),
+    ("char_rnn.sweep_cells=[]", "sweep_cells is empty"),
+    ("char_rnn.sweep_lrs=[-0.1]", "sweep_lrs must all be"),
+    ("char_rnn.sweep_batch_sizes=[0]", "sweep_batch_sizes must all be"),
+    ("lms.0.init=scratch:huge", "scratch sizes are"),
+    ("lms.0.name=../elsewhere", "names a folder"),
+    ("lms.0.max_steps=-1", "max_steps must be >= 0"),
+    ("evaluation.max_new_tokens=0", "max_new_tokens must be >= 1"),
+    ("augment.rag_k=0", "rag_k must be >= 1"),
+])
+def test_bad_config_values_are_refused_by_name(override, match):
+    from fnbody.config import apply_overrides
+
+    with pytest.raises(FnbodyError, match=match):
+        apply_overrides(load_preset("tiny"), [override])
+    assert apply_overrides(load_preset("tiny"), ["char_rnn.sweep=false", "char_rnn.sweep_cells=[]"]).char_rnn.sweep_cells == []
+
+
+def test_duplicate_lm_names_and_bad_preset_paths_are_refused(tmp_path):
+    toml = tmp_path / "dup.toml"
+    toml.write_text('[[lms]]\nname = "a"\n[[lms]]\nname = "a"\n')
+    with pytest.raises(FnbodyError, match=r"lms names \['a'\] are used twice"):
+        load_preset(str(toml))
+    with pytest.raises(FnbodyError, match="unknown preset"):
+        load_preset(str(tmp_path))  # a folder is not a TOML file
+
+
+def test_search_encoder_names_match_the_search_package():
+    from fnbody.pipeline.config import SEARCH_ENCODERS
+    from fnbody.search.model import ENCODERS
+    from fnbody.search.pretrained import PRETRAINED_ENCODERS
+
+    assert set(SEARCH_ENCODERS) == set(ENCODERS + PRETRAINED_ENCODERS)
+
+
+def test_out_folder_and_only_are_checked_before_anything_is_written(tmp_path):
+    from fnbody.pipeline.run import run_pipeline
+
+    cfg = load_preset("tiny")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(FnbodyError, match="is a file"):
+        run_pipeline(cfg, afile)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "fnbody.json").write_text(json.dumps({"kind": "char-rnn"}))
+    with pytest.raises(FnbodyError, match="holds a 'char-rnn' run"):
+        run_pipeline(cfg, other)
+    assert json.loads((other / "fnbody.json").read_text()) == {"kind": "char-rnn"}  # not overwritten
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("mine")
+    with pytest.raises(FnbodyError, match="no pipeline run"):
+        run_pipeline(cfg, junk)
+    with pytest.raises(FnbodyError, match=r"--only \['serch-nbow'\]: no such stage"):
+        run_pipeline(cfg, tmp_path / "new", only=["serch-nbow"])
+    assert not (tmp_path / "new").exists() and sorted(p.name for p in junk.iterdir()) == ["notes.txt"]
+
+
+def _fake_search_eval(run: Path) -> None:
+    run.mkdir(parents=True)
+    (run / "eval.json").write_text(json.dumps({"test_pool": {"mrr": 0.5, "n": 3, "signature": "MRR|fake"}}))
+
+
+def test_report_shows_only_this_configs_finished_stages_and_says_what_is_missing(tmp_path):
+    from fnbody.pipeline.report import write_report
+
+    _fake_search_eval(tmp_path / "search" / "rnn")  # left by a run with another config
+    _fake_search_eval(tmp_path / "search" / "nbow")
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "plan.json").write_text(json.dumps({"stages": {"search-nbow": "k-new"}}))
+    (tmp_path / "stages" / "search-nbow.json").write_text(json.dumps({"key": "k-old", "seconds": 1}))  # another config's
+    write_report(tmp_path)
+    rep, md = json.loads((tmp_path / "report.json").read_text()), (tmp_path / "report.md").read_text()
+    assert rep["complete"] is False and rep["missing_stages"] == ["search-nbow"]
+    assert "INCOMPLETE" in md and "search" not in rep and "Search stage did not run" in md
+    (tmp_path / "stages" / "search-nbow.json").write_text(json.dumps({"key": "k-new", "seconds": 1}))
+    write_report(tmp_path)
+    rep, md = json.loads((tmp_path / "report.json").read_text()), (tmp_path / "report.md").read_text()
+    assert rep["complete"] is True and set(rep["search"]) == {"nbow"} and "INCOMPLETE" not in md
+
+
+def test_a_failed_stage_still_rewrites_the_report_as_incomplete(tmp_path, monkeypatch):
+    import sys
+
+    from fnbody.pipeline import run as run_mod
+    from fnbody.pipeline.stages import Stage, StageFailed
+    from fnbody.pipeline.tasks import task_cmd
+
+    out = tmp_path / "run"
+    (out / "stages").mkdir(parents=True)
+    (out / "fnbody.json").write_text(json.dumps({"kind": "pipeline", "config": {}}))
+    (out / "report.md").write_text("# an older, complete report\n")
+
+    def stages(cfg, out):
+        boom = Stage("boom", {}, lambda resume: [[sys.executable, "-c", "raise SystemExit(3)"]], outputs=[out / "never"])
+        report = Stage("report", {}, lambda resume: [task_cmd("write_report", out_dir=str(out))],
+                       outputs=[out / "report.md"], deps=["boom"])
+        return [boom, report]
+
+    monkeypatch.setattr(run_mod, "build_stages", stages)
+    with pytest.raises(StageFailed, match="stage 'boom' failed"):
+        run_mod.run_pipeline(load_preset("tiny"), out)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["complete"] is False and rep["missing_stages"] == ["boom"] and "INCOMPLETE" in (out / "report.md").read_text()

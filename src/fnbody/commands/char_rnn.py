@@ -348,15 +348,19 @@ def run_sweep(corpus_dir: str | Path, out_dir: str | Path, base: CharRNNRunConfi
         train_path = run_dir / "sweep_train.json"
         score_path = run_dir / f"sweep_bleu-{config_hash({'decoding': to_dict(decoding), 'n': bleu_samples})}.json"
         t0 = time.perf_counter()
+        cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, cell=cell),
+                                  train=dataclasses.replace(base.train, batch_size=bs, lr=lr, show_progress=False))
+        key = config_hash(to_dict(cfg))
         if train_path.exists():
             res = read_json(train_path)
+            # A setting trained with other flags (steps, model size, seed...) is not this sweep's row: never mix them.
+            if res.get("config_key", key) != key:
+                raise FnbodyError(f"{run_dir} was trained with other sweep settings; use a new --out (or delete that folder)")
         else:
-            cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, cell=cell),
-                                      train=dataclasses.replace(base.train, batch_size=bs, lr=lr, show_progress=False))
             state = train_char_rnn(corpus_dir, run_dir, cfg, resume=(run_dir / "checkpoints" / "last").exists(),
                                    argv=["fnbody", "sweep", name])
             res = {"steps": state["step"], "epochs": round(state["step"] / max(1, state["data"]["train_windows"] // bs), 2),
-                   "valid_loss": state["valid_loss"], "valid_ppl": state["valid_ppl"], "train_seconds": round(time.perf_counter() - t0, 1)}
+                   "valid_loss": state["valid_loss"], "valid_ppl": state["valid_ppl"], "train_seconds": round(time.perf_counter() - t0, 1), "config_key": key}
             write_json(train_path, res)
         if score_path.exists():
             scores = read_json(score_path)
@@ -378,9 +382,32 @@ def run_sweep(corpus_dir: str | Path, out_dir: str | Path, base: CharRNNRunConfi
     return rows
 
 
+def check_sweep_args(args: argparse.Namespace) -> None:
+    """Refuse an empty or invalid grid and bad caps before any training, naming the flag."""
+    for flag, values in (("--cells", args.cells), ("--lrs", args.lrs), ("--batch-sizes", args.batch_sizes)):
+        if not values:
+            raise FnbodyError(f"{flag} is empty: give at least one value")
+    if not all(math.isfinite(lr) and lr > 0 for lr in args.lrs):
+        raise FnbodyError(f"--lrs must all be finite numbers > 0, got {args.lrs}")
+    if not all(b >= 1 for b in args.batch_sizes):
+        raise FnbodyError(f"--batch-sizes must all be >= 1, got {args.batch_sizes}")
+    for flag, v in (("--max-steps", args.max_steps), ("--epochs", args.epochs), ("--bleu-samples", args.bleu_samples),
+                    ("--max-samples", args.max_samples), ("--top-k", args.top_k)):
+        if v is not None and v < 0:
+            raise FnbodyError(f"{flag} must be >= 0, got {v}")
+    if args.max_new_tokens < 1:
+        raise FnbodyError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FnbodyError(f"--out {out}: is a file, not a folder")
+    if not Path(args.corpus).is_dir():
+        raise FnbodyError(f"{args.corpus}: corpus folder not found; build one with `fnbody corpus build --out {args.corpus}`")
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     import dataclasses
 
+    check_sweep_args(args)
     _resolve_annotations()
     base = CharRNNRunConfig()
     if args.full:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,18 @@ from fnbody.errors import FnbodyError
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 PRESETS = ("tiny", "demo", "paper")
+# Kept in step with fnbody.search.model.ENCODERS + PRETRAINED_ENCODERS (a test checks): importing those pulls in torch.
+SEARCH_ENCODERS = ("nbow", "rnn", "cnn", "selfatt", "minilm")
+CELLS = ("lstm", "gru", "rnn")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _at_least(obj, minimum: float, *names: str) -> None:
+    """Raise ValueError naming the first field of `obj` below `minimum` (or not a finite number)."""
+    for n in names:
+        v = getattr(obj, n)
+        if not (math.isfinite(v) and v >= minimum):
+            raise ValueError(f"{n} must be >= {minimum:g}, got {v}")
 
 
 @dataclass
@@ -26,6 +39,9 @@ class CorpusStage:
         "help": "more sources (e.g. downloaded wheels) added to the train split only, by `corpus build --extend`: "
                 "valid and test stay the base's"})
 
+    def __post_init__(self) -> None:
+        _at_least(self, 0, "max_files", "jobs")
+
 
 @dataclass
 class SearchStage:
@@ -37,6 +53,14 @@ class SearchStage:
     max_samples: int = field(default=0, metadata={"help": "training functions cap (0 = all)"})
     settings: list[str] = field(default_factory=list, metadata={"help": "extra --set overrides: `key=v` for every encoder, `rnn:key=v` for one"})
     bm25_fusion: bool = field(default=True, metadata={"help": "also score BM25 alone and each encoder fused with BM25 (weight chosen on valid)"})
+
+    def __post_init__(self) -> None:
+        bad = [e for e in self.encoders if e not in SEARCH_ENCODERS]
+        if bad:
+            raise ValueError(f"unknown encoder(s) {bad}; known: {list(SEARCH_ENCODERS)}")
+        if len(set(self.encoders)) != len(self.encoders):
+            raise ValueError(f"encoders {self.encoders} lists one twice")
+        _at_least(self, 0, "max_epochs", "max_steps", "max_samples")
 
 
 @dataclass
@@ -60,6 +84,24 @@ class CharRNNStage:
     sweep_bleu_samples: int = field(default=0, metadata={"help": "BLEU prompts per sweep setting (0 = the sweep's default)"})
     settings: list[str] = field(default_factory=list, metadata={"help": "extra --set overrides"})
 
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {list(CELLS)}, got {self.cell!r}")
+        _at_least(self, 1, "hidden", "layers", "seq_len", "batch_size")
+        _at_least(self, 0, "max_epochs", "max_steps", "max_samples", "sweep_max_steps", "sweep_bleu_samples")
+        if not self.sweep:
+            return
+        for name in ("sweep_cells", "sweep_lrs", "sweep_batch_sizes"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is empty: list at least one value, or set sweep = false")
+        bad = [c for c in self.sweep_cells if c not in CELLS]
+        if bad:
+            raise ValueError(f"sweep_cells {bad} unknown; known: {list(CELLS)}")
+        if not all(math.isfinite(lr) and lr > 0 for lr in self.sweep_lrs):
+            raise ValueError(f"sweep_lrs must all be finite numbers > 0, got {self.sweep_lrs}")
+        if not all(b >= 1 for b in self.sweep_batch_sizes):
+            raise ValueError(f"sweep_batch_sizes must all be >= 1, got {self.sweep_batch_sizes}")
+
 
 @dataclass
 class LMStage:
@@ -75,6 +117,21 @@ class LMStage:
                                                         "hits from the pipeline's retrieval index (augment.retriever) before its prompt, "
                                                         "with augment's token budget and hybrid weight, so the model learns to use it"})
 
+    def __post_init__(self) -> None:
+        # The name is a folder under OUT (lm/NAME, eval/NAME): nothing that could leave it or collide with another.
+        if not _SAFE_NAME.match(self.name):
+            raise ValueError(f"name {self.name!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
+        if self.name == "char-rnn":
+            raise ValueError("name 'char-rnn' is taken by the char-RNN baseline's evaluation")
+        if not self.init.strip():
+            raise ValueError("init is empty; use smollm2, scratch:tiny|small|gpt2-124m, a folder, a .gguf or a hub name")
+        if self.init.startswith("scratch:"):
+            from fnbody.models.transformer import SCRATCH_SIZES  # torch-free
+
+            if self.init.removeprefix("scratch:") not in SCRATCH_SIZES:
+                raise ValueError(f"init {self.init!r}: scratch sizes are {sorted(SCRATCH_SIZES)}")
+        _at_least(self, 0, "max_steps", "max_epochs", "max_samples")
+
 
 @dataclass
 class EvalStage:
@@ -86,6 +143,12 @@ class EvalStage:
     batch_size: int = field(default=8, metadata={"help": "generation batch"})
     timeout: float = field(default=10.0, metadata={"help": "seconds per HumanEval program"})
     require_body: bool = field(default=False, metadata={"help": "transformers never end before a body line has begun"})
+
+    def __post_init__(self) -> None:
+        _at_least(self, 0, "bleu_samples", "humaneval_problems")
+        _at_least(self, 1, "max_new_tokens", "batch_size")
+        if not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise ValueError(f"timeout must be a finite number > 0, got {self.timeout}")
 
 
 @dataclass
@@ -117,6 +180,8 @@ class AugmentStage:
             raise ValueError(f"guide_k must be >= 1, got {self.guide_k}")
         if self.rerank_k < 0:
             raise ValueError(f"rerank_k must be >= 0 (0 = off), got {self.rerank_k}")
+        _at_least(self, 1, "rag_k", "checked_n")
+        _at_least(self, 0, "rag_budget_tokens", "checked_temperature")
 
 
 @dataclass
@@ -133,12 +198,18 @@ class PipelineConfig:
     evaluation: EvalStage = field(default_factory=EvalStage)
     augment: AugmentStage = field(default_factory=AugmentStage)
 
+    def __post_init__(self) -> None:
+        names = [lm.name for lm in self.lms]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"lms names {dup} are used twice: each names its own run folder and report row")
+
 
 def load_preset(preset: str) -> PipelineConfig:
     """A preset name (tiny, demo, paper) or a path to a TOML file."""
     path = Path(preset)
     if preset in PRESETS:
         path = PRESET_DIR / f"{preset}.toml"
-    elif not path.exists():
+    elif not path.is_file():
         raise FnbodyError(f"unknown preset {preset!r}: use one of {list(PRESETS)} or a path to a .toml file")
     return from_dict(PipelineConfig, load_toml(path))

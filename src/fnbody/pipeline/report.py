@@ -31,6 +31,24 @@ def _load(path: Path) -> dict | None:
         return None
 
 
+class _Plan:
+    """Which stages' outputs belong to the current config: those in OUT/stages/plan.json whose last finished run has its key.
+
+    Without a plan (a folder from before plans existed) every output found is shown, as before.
+    """
+
+    def __init__(self, out: Path) -> None:
+        plan = _load(out / "stages" / "plan.json")
+        self.keys: dict | None = plan.get("stages") if plan else None
+        self.missing = [] if self.keys is None else [n for n in self.keys if not self.done(n, out)]
+
+    def done(self, stage: str, out: Path) -> bool:
+        if self.keys is None:
+            return True
+        rec = _load(out / "stages" / f"{stage}.json")
+        return stage in self.keys and rec is not None and rec.get("key") == self.keys[stage]
+
+
 def _fmt(x, digits: int = 3) -> str:
     if x is None:
         return "—"
@@ -50,8 +68,9 @@ def _figure(out: Path, src: Path, name: str) -> str | None:
     return f"figures/{name}"
 
 
-def _corpus_section(out: Path, rep: dict, md: list[str]) -> None:
-    stats = _load(out / "corpus_stats.json")
+def _corpus_section(out: Path, rep: dict, md: list[str], plan: _Plan | None = None) -> None:
+    plan = plan or _Plan(out)
+    stats = _load(out / "corpus_stats.json") if plan.done("corpus", out) else None
     md.append("## Data (the report's Figure 3)\n")
     if stats is None:
         md.append("Corpus stage did not run.\n")
@@ -76,9 +95,10 @@ def _corpus_section(out: Path, rep: dict, md: list[str]) -> None:
     md.append("")
 
 
-def _search_section(out: Path, rep: dict, md: list[str]) -> None:
+def _search_section(out: Path, rep: dict, md: list[str], plan: _Plan | None = None) -> None:
+    plan = plan or _Plan(out)
     md.append("## Code search (the report's Figures 5–8)\n")
-    runs = sorted(p for p in (out / "search").glob("*") if (p / "eval.json").exists()) if (out / "search").exists() else []
+    runs = sorted(p for p in (out / "search").glob("*") if (p / "eval.json").exists() and plan.done(f"search-{p.name}", out)) if (out / "search").exists() else []
     if not runs:
         md.append("Search stage did not run.\n")
         return
@@ -130,10 +150,11 @@ def _search_section(out: Path, rep: dict, md: list[str]) -> None:
     md.append("")
 
 
-def _char_rnn_section(out: Path, rep: dict, md: list[str]) -> None:
+def _char_rnn_section(out: Path, rep: dict, md: list[str], plan: _Plan | None = None) -> None:
+    plan = plan or _Plan(out)
     md.append("## Char-RNN baseline (the report's Figures 9–10 and Table 4.1)\n")
     run = out / "char_rnn"
-    if not (run / "fnbody.json").exists():
+    if not (run / "fnbody.json").exists() or not plan.done("char-rnn", out):
         md.append("Char-RNN stage did not run.\n")
         return
     rows = read_metrics(run)
@@ -148,7 +169,7 @@ def _char_rnn_section(out: Path, rep: dict, md: list[str]) -> None:
         if fig:
             md.append(f"![char-RNN {name[:-4]}]({fig})")
     sweep = out / "sweep" / "sweep.md"
-    if sweep.exists():
+    if sweep.exists() and plan.done("sweep", out):
         text = sweep.read_text(encoding="utf-8")
         rep["char_rnn"]["sweep_csv"] = str(out / "sweep" / "sweep.csv")
         md.append("\n### Sweep\n")
@@ -156,9 +177,10 @@ def _char_rnn_section(out: Path, rep: dict, md: list[str]) -> None:
     md.append("")
 
 
-def _generation_section(out: Path, rep: dict, md: list[str]) -> None:
+def _generation_section(out: Path, rep: dict, md: list[str], plan: _Plan | None = None) -> None:
+    plan = plan or _Plan(out)
     md.append("## Generation (every generator evaluated the same way)\n")
-    evals = sorted(p for p in (out / "eval").glob("*") if (p / "summary.json").exists()) if (out / "eval").exists() else []
+    evals = sorted(p for p in (out / "eval").glob("*") if (p / "summary.json").exists() and plan.done(f"eval-{p.name}", out)) if (out / "eval").exists() else []
     if not evals:
         md.append("Evaluation stage did not run.\n")
         return
@@ -193,7 +215,7 @@ def _generation_section(out: Path, rep: dict, md: list[str]) -> None:
 
     md.append("## BLEU during training (the report's Figure 2)\n")
     shown = False
-    for run in sorted((out / "lm").glob("*")) if (out / "lm").exists() else []:
+    for run in sorted(p for p in (out / "lm").glob("*") if plan.done(f"lm-{p.name}", out)) if (out / "lm").exists() else []:
         fig = _figure(out, run / "curves.png", f"lm_{run.name}_curves.png")
         if fig:
             md.append(f"![{run.name} training]({fig})")
@@ -214,9 +236,10 @@ def _generation_section(out: Path, rep: dict, md: list[str]) -> None:
     md.append("")
 
 
-def _beyond_section(out: Path, rep: dict, md: list[str]) -> None:
+def _beyond_section(out: Path, rep: dict, md: list[str], plan: _Plan | None = None) -> None:
+    plan = plan or _Plan(out)
     md.append("## Beyond the report: retrieval-augmented and execution-checked generation\n")
-    runs = sorted(p for p in (out / "augment").glob("*") if (p / "summary.json").exists()) if (out / "augment").exists() else []
+    runs = sorted(p for p in (out / "augment").glob("*") if (p / "summary.json").exists() and plan.done(f"augment-{p.name}", out)) if (out / "augment").exists() else []
     if not runs:
         md.append("Augment stage did not run (it needs the search stage of `augment.retriever` and a transformer).\n")
         return
@@ -307,12 +330,19 @@ def write_report(out: Path) -> Path:
     md = [f"# fnbody report — preset `{rep['preset']}`\n",
           f"fnbody {__version__}, written {rep['written']}, seed {rep['seed']}. Command: `{' '.join(info.get('argv') or [])}`.\n",
           "The CS230 report's own numbers stand beside fnbody's wherever it gives one.\n"]
-    _corpus_section(out, rep, md)
-    _search_section(out, rep, md)
-    _char_rnn_section(out, rep, md)
-    _generation_section(out, rep, md)
-    _beyond_section(out, rep, md)
-    timings = {p.stem: read_json(p).get("seconds") for p in sorted((out / "stages").glob("*.json")) if not p.name.endswith(".started.json")} if (out / "stages").exists() else {}
+    plan = _Plan(out)
+    rep["complete"] = not plan.missing
+    rep["missing_stages"] = plan.missing
+    if plan.missing:
+        md.append(f"**INCOMPLETE: stages {plan.missing} have not finished with this config** (failed, not run yet, or left out "
+                  "by --only); their sections say they did not run. Rerun `fnbody run` with the same --out to finish.\n")
+    _corpus_section(out, rep, md, plan)
+    _search_section(out, rep, md, plan)
+    _char_rnn_section(out, rep, md, plan)
+    _generation_section(out, rep, md, plan)
+    _beyond_section(out, rep, md, plan)
+    timings = {p.stem: read_json(p).get("seconds") for p in sorted((out / "stages").glob("*.json"))
+               if not p.name.endswith(".started.json") and p.name != "plan.json" and (plan.done(p.stem, out) or p.stem == "report")} if (out / "stages").exists() else {}
     rep["stage_seconds"] = timings
     md.append("## Stage timings\n\n| stage | seconds |\n|---|---:|")
     md += [f"| {k} | {v} |" for k, v in timings.items()]

@@ -11,7 +11,8 @@ from pathlib import Path
 from fnbody.config import config_hash, to_dict, write_run_info
 from fnbody.errors import FnbodyError
 from fnbody.pipeline.config import PipelineConfig
-from fnbody.pipeline.stages import Stage, StageRunner, fnbody_cmd
+from fnbody.io import read_json, write_json
+from fnbody.pipeline.stages import Stage, StageFailed, StageRunner, fnbody_cmd
 from fnbody.pipeline.tasks import task_cmd
 
 
@@ -202,18 +203,82 @@ def build_stages(cfg: PipelineConfig, out: Path) -> list[Stage]:
     return stages
 
 
+PLAN = "plan.json"  # in OUT/stages: the current config's stages and keys; the report shows only outputs that match it
+
+
+def check_out_dir(out: Path) -> dict | None:
+    """Refuse an --out that is a file, another kind of run, or a non-empty folder holding no pipeline; return its old run info."""
+    if out.exists() and not out.is_dir():
+        raise FnbodyError(f"--out {out}: is a file, not a folder; pick a new folder")
+    if not out.exists():
+        return None
+    info_path = out / "fnbody.json"
+    if info_path.exists():
+        try:
+            info = read_json(info_path)
+        except FnbodyError:
+            info = {}
+        if info.get("kind") != "pipeline":
+            raise FnbodyError(f"--out {out}: holds a {info.get('kind', 'unknown')!r} run, not a pipeline; pick a new folder")
+        return info
+    if any(out.iterdir()):
+        raise FnbodyError(f"--out {out}: a folder with other files and no pipeline run in it (stages would write into and "
+                          "wipe subfolders); pick a new or empty folder")
+    return None
+
+
+def plan_keys(stages: list[Stage], runner: StageRunner) -> dict[str, str]:
+    """Every stage's key, in run order, known before any runs (a key depends on config and deps' keys only)."""
+    for stage in stages:
+        runner.keys[stage.name] = runner.key(stage)
+    return dict(runner.keys)
+
+
 def run_pipeline(cfg: PipelineConfig, out: Path, only: list[str] | None = None, argv: list[str] | None = None) -> StageRunner:
-    """Run (or resume) every stage; a failing stage raises StageFailed naming it and its log."""
+    """Run (or resume) every stage; a failing stage raises StageFailed naming it and its log.
+
+    The report is written even then (or when `only` leaves stages unfinished), and says which stages it lacks.
+    """
+    old = check_out_dir(out)
+    stages = build_stages(cfg, out)  # before writing anything: a config error leaves OUT untouched
+    names = [st.name for st in stages]
+    unknown = [n for n in only or [] if n not in names]
+    if unknown:
+        raise FnbodyError(f"--only {unknown}: no such stage; this config's stages are {names}")
+    if old is not None and old.get("config") != to_dict(cfg):
+        print(f"pipeline: {out} holds a run made with another config; stages whose settings changed run again, and the "
+              "report shows only outputs of this config's stages", file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)
     write_run_info(out, "pipeline", cfg, argv)
-    stages = build_stages(cfg, out)
     runner = StageRunner(out)
+    keys = plan_keys(stages, runner)
+    runner.records.mkdir(parents=True, exist_ok=True)
+    write_json(runner.records / PLAN, {"stages": {n: k for n, k in keys.items() if n != "report"}})
+    runner.keys = {}
     t0 = time.perf_counter()
+    report = stages[-1]
     for i, stage in enumerate(stages, 1):
         if only and stage.name not in only and stage.name != "report":
             runner.keys[stage.name] = runner.key(stage)
             continue
-        runner.run(stage, i, len(stages))
+        try:
+            runner.run(stage, i, len(stages))
+        except StageFailed:
+            if stage is not report:
+                _report_anyway(runner, report, stages)
+            raise
         done = time.perf_counter() - t0
         print(f"pipeline: {i}/{len(stages)} stages, {done:.0f}s elapsed", file=sys.stderr, flush=True)
     return runner
+
+
+def _report_anyway(runner: StageRunner, report: Stage, stages: list[Stage]) -> None:
+    """After a failed stage: rewrite the report from the finished stages (it names the missing ones), so no older report stands."""
+    for stage in stages:
+        runner.keys.setdefault(stage.name, runner.key(stage))
+    try:
+        runner.run(report)
+    except FnbodyError as e:
+        print(f"pipeline: could not write the partial report: {e}", file=sys.stderr, flush=True)
+        (runner.out_dir / "report.md").unlink(missing_ok=True)
+        (runner.out_dir / "report.json").unlink(missing_ok=True)
