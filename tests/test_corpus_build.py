@@ -471,3 +471,16 @@ def test_sources_without_functions_are_an_error_not_an_empty_corpus(tmp_path, ca
     err = capsys.readouterr().err
     assert "no function with a docstring passed the filters" in err and "nothing written" in err
     assert not (tmp_path / "c").exists()
+
+
+def test_a_bad_out_fails_before_any_source_is_read(tmp_path, monkeypatch):
+    import fnbody.corpus.build as build
+
+    def no_extraction(*a, **k):
+        raise AssertionError("sources were read before --out was checked")
+
+    monkeypatch.setattr(build, "plan_sources", no_extraction)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FnbodyError, match="not an fnbody corpus"):
+        build_corpus([str(tmp_path)], tmp_path / "afile")
+    assert (tmp_path / "afile").read_text() == "x" and not list(tmp_path.glob(".afile.tmp-*"))

@@ -191,6 +191,7 @@ def build_corpus(sources: list[str], out: str | Path, cfg: BuildConfig | None = 
     cfg = cfg or BuildConfig()
     _check_config(cfg)
     out = Path(out)
+    shutil.rmtree(_prepare_out(out))  # an --out that is refused or cannot be written fails now, not after the extraction
     base = None
     if cfg.extend:
         if cfg.keep_csn_partition:
