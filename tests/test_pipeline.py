@@ -203,7 +203,7 @@ def test_presets_load_and_bad_overrides_are_named():
         apply_overrides(load_preset("tiny"), ["augment.guide_alpha=1.5"])
 
 
-def test_generation_stages_start_clean_when_their_settings_change(tmp_path):
+def test_generation_stages_start_clean_when_their_settings_change(tmp_path, capsys):
     """An interrupted evaluation's .partial samples are resumed only under the same settings, never under new ones."""
     from fnbody.pipeline.run import build_stages
     from fnbody.pipeline.stages import StageRunner
@@ -224,6 +224,7 @@ def test_generation_stages_start_clean_when_their_settings_change(tmp_path):
     ev.commands = lambda resume: seen.append((resume, stale.exists())) or []
     runner.run(ev)
     assert seen == [(False, False)]  # started clean: the stale partial was removed before the stage ran
+    assert f"removing {ev.workdir}, made with other settings" in capsys.readouterr().err  # and it said so
 
 
 

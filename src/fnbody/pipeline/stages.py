@@ -86,6 +86,8 @@ class StageRunner:
         if not resume and stage.workdir is not None and stage.workdir.exists():
             import shutil
 
+            # Outputs of other settings (or of an attempt that cannot be continued) never mix with this run's: say so.
+            print(f"{tag}: removing {stage.workdir}, made with other settings", file=sys.stderr, flush=True)
             shutil.rmtree(stage.workdir)
         write_json(started, {"key": key, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
         print(f"{tag}: {'resuming' if resume else 'running'} (log: {log_path})", file=sys.stderr, flush=True)
