@@ -321,7 +321,7 @@ def test_context_training_without_its_retriever_is_refused(tmp_path):
 
 
 def test_report_splits_the_bleu_change_into_brevity_and_precision(tmp_path):
-    from fnbody.pipeline.report import _beyond_section
+    from fnbody.pipeline.report import _Plan, _beyond_section
 
     def side(bleu, bp):
         return {"seed-bleu": {"score": 0.1, "signature": "s"}, "bleu": {"score": bleu, "bp": bp, "signature": "b"},
@@ -334,7 +334,7 @@ def test_report_splits_the_bleu_change_into_brevity_and_precision(tmp_path):
     (tmp_path / "augment" / "m").mkdir(parents=True)
     (tmp_path / "augment" / "m" / "summary.json").write_text(json.dumps(summary))
     md, rep = [], {}
-    _beyond_section(tmp_path, rep, md)
+    _beyond_section(tmp_path, rep, md, _Plan(tmp_path))
     text = "\n".join(md)
     # +10% BLEU, all of it from length: BP x1.25, precisions x(2.2/0.25)/(2.0/0.2) = x0.88
     assert "+10% relative (brevity penalty x1.25, n-gram precisions x0.88)" in text

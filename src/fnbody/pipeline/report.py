@@ -38,14 +38,15 @@ class _Plan:
     """
 
     def __init__(self, out: Path) -> None:
+        self.out = out
         plan = _load(out / "stages" / "plan.json")
         self.keys: dict | None = plan.get("stages") if plan else None
-        self.missing = [] if self.keys is None else [n for n in self.keys if not self.done(n, out)]
+        self.missing = [] if self.keys is None else [n for n in self.keys if not self.done(n)]
 
-    def done(self, stage: str, out: Path) -> bool:
+    def done(self, stage: str) -> bool:
         if self.keys is None:
             return True
-        rec = _load(out / "stages" / f"{stage}.json")
+        rec = _load(self.out / "stages" / f"{stage}.json")
         return stage in self.keys and rec is not None and rec.get("key") == self.keys[stage]
 
 
@@ -68,9 +69,8 @@ def _figure(out: Path, src: Path, name: str) -> str | None:
     return f"figures/{name}"
 
 
-def _corpus_section(out: Path, rep: dict, md: list[str], plan: _Plan | None = None) -> None:
-    plan = plan or _Plan(out)
-    stats = _load(out / "corpus_stats.json") if plan.done("corpus", out) else None
+def _corpus_section(out: Path, rep: dict, md: list[str], plan: _Plan) -> None:
+    stats = _load(out / "corpus_stats.json") if plan.done("corpus") else None
     md.append("## Data (the report's Figure 3)\n")
     if stats is None:
         md.append("Corpus stage did not run.\n")
@@ -95,10 +95,9 @@ def _corpus_section(out: Path, rep: dict, md: list[str], plan: _Plan | None = No
     md.append("")
 
 
-def _search_section(out: Path, rep: dict, md: list[str], plan: _Plan | None = None) -> None:
-    plan = plan or _Plan(out)
+def _search_section(out: Path, rep: dict, md: list[str], plan: _Plan) -> None:
     md.append("## Code search (the report's Figures 5–8)\n")
-    runs = sorted(p for p in (out / "search").glob("*") if (p / "eval.json").exists() and plan.done(f"search-{p.name}", out)) if (out / "search").exists() else []
+    runs = sorted(p for p in (out / "search").glob("*") if (p / "eval.json").exists() and plan.done(f"search-{p.name}")) if (out / "search").exists() else []
     if not runs:
         md.append("Search stage did not run.\n")
         return
@@ -150,11 +149,10 @@ def _search_section(out: Path, rep: dict, md: list[str], plan: _Plan | None = No
     md.append("")
 
 
-def _char_rnn_section(out: Path, rep: dict, md: list[str], plan: _Plan | None = None) -> None:
-    plan = plan or _Plan(out)
+def _char_rnn_section(out: Path, rep: dict, md: list[str], plan: _Plan) -> None:
     md.append("## Char-RNN baseline (the report's Figures 9–10 and Table 4.1)\n")
     run = out / "char_rnn"
-    if not (run / "fnbody.json").exists() or not plan.done("char-rnn", out):
+    if not (run / "fnbody.json").exists() or not plan.done("char-rnn"):
         md.append("Char-RNN stage did not run.\n")
         return
     rows = read_metrics(run)
@@ -169,7 +167,7 @@ def _char_rnn_section(out: Path, rep: dict, md: list[str], plan: _Plan | None = 
         if fig:
             md.append(f"![char-RNN {name[:-4]}]({fig})")
     sweep = out / "sweep" / "sweep.md"
-    if sweep.exists() and plan.done("sweep", out):
+    if sweep.exists() and plan.done("sweep"):
         text = sweep.read_text(encoding="utf-8")
         rep["char_rnn"]["sweep_csv"] = str(out / "sweep" / "sweep.csv")
         md.append("\n### Sweep\n")
@@ -177,10 +175,9 @@ def _char_rnn_section(out: Path, rep: dict, md: list[str], plan: _Plan | None = 
     md.append("")
 
 
-def _generation_section(out: Path, rep: dict, md: list[str], plan: _Plan | None = None) -> None:
-    plan = plan or _Plan(out)
+def _generation_section(out: Path, rep: dict, md: list[str], plan: _Plan) -> None:
     md.append("## Generation (every generator evaluated the same way)\n")
-    evals = sorted(p for p in (out / "eval").glob("*") if (p / "summary.json").exists() and plan.done(f"eval-{p.name}", out)) if (out / "eval").exists() else []
+    evals = sorted(p for p in (out / "eval").glob("*") if (p / "summary.json").exists() and plan.done(f"eval-{p.name}")) if (out / "eval").exists() else []
     if not evals:
         md.append("Evaluation stage did not run.\n")
         return
@@ -215,7 +212,7 @@ def _generation_section(out: Path, rep: dict, md: list[str], plan: _Plan | None 
 
     md.append("## BLEU during training (the report's Figure 2)\n")
     shown = False
-    for run in sorted(p for p in (out / "lm").glob("*") if plan.done(f"lm-{p.name}", out)) if (out / "lm").exists() else []:
+    for run in sorted(p for p in (out / "lm").glob("*") if plan.done(f"lm-{p.name}")) if (out / "lm").exists() else []:
         fig = _figure(out, run / "curves.png", f"lm_{run.name}_curves.png")
         if fig:
             md.append(f"![{run.name} training]({fig})")
@@ -236,10 +233,9 @@ def _generation_section(out: Path, rep: dict, md: list[str], plan: _Plan | None 
     md.append("")
 
 
-def _beyond_section(out: Path, rep: dict, md: list[str], plan: _Plan | None = None) -> None:
-    plan = plan or _Plan(out)
+def _beyond_section(out: Path, rep: dict, md: list[str], plan: _Plan) -> None:
     md.append("## Beyond the report: retrieval-augmented and execution-checked generation\n")
-    runs = sorted(p for p in (out / "augment").glob("*") if (p / "summary.json").exists() and plan.done(f"augment-{p.name}", out)) if (out / "augment").exists() else []
+    runs = sorted(p for p in (out / "augment").glob("*") if (p / "summary.json").exists() and plan.done(f"augment-{p.name}")) if (out / "augment").exists() else []
     if not runs:
         md.append("Augment stage did not run (it needs the search stage of `augment.retriever` and a transformer).\n")
         return
@@ -342,7 +338,7 @@ def write_report(out: Path) -> Path:
     _generation_section(out, rep, md, plan)
     _beyond_section(out, rep, md, plan)
     timings = {p.stem: read_json(p).get("seconds") for p in sorted((out / "stages").glob("*.json"))
-               if not p.name.endswith(".started.json") and p.name != "plan.json" and (plan.done(p.stem, out) or p.stem == "report")} if (out / "stages").exists() else {}
+               if not p.name.endswith(".started.json") and p.name != "plan.json" and (plan.done(p.stem) or p.stem == "report")} if (out / "stages").exists() else {}
     rep["stage_seconds"] = timings
     md.append("## Stage timings\n\n| stage | seconds |\n|---|---:|")
     md += [f"| {k} | {v} |" for k, v in timings.items()]
