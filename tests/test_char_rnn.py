@@ -296,7 +296,8 @@ def test_sweep_writes_tables_and_reuses_settings(tiny_corpus, tmp_path, capsys):
     (["--lrs", "nan"], "--lrs must all be"),
     (["--batch-sizes", "0"], "--batch-sizes must all be"),
     (["--max-steps", "-1"], "--max-steps must be >= 0"),
-    (["--bleu-samples", "-1"], "--bleu-samples must be >= 0"),
+    (["--bleu-samples", "-1"], "--bleu-samples must be >= 1"),
+    (["--bleu-samples", "0"], "--bleu-samples must be >= 1"),
 ])
 def test_sweep_refuses_bad_grids_before_training(tiny_corpus, tmp_path, capsys, flags, match):
     args = ["sweep", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "s"), "--cells", "lstm", "--lrs", "0.01",

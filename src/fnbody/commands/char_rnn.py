@@ -391,10 +391,11 @@ def check_sweep_args(args: argparse.Namespace) -> None:
         raise FnbodyError(f"--lrs must all be finite numbers > 0, got {args.lrs}")
     if not all(b >= 1 for b in args.batch_sizes):
         raise FnbodyError(f"--batch-sizes must all be >= 1, got {args.batch_sizes}")
-    for flag, v in (("--max-steps", args.max_steps), ("--epochs", args.epochs), ("--bleu-samples", args.bleu_samples),
-                    ("--max-samples", args.max_samples), ("--top-k", args.top_k)):
+    for flag, v in (("--max-steps", args.max_steps), ("--epochs", args.epochs), ("--max-samples", args.max_samples), ("--top-k", args.top_k)):
         if v is not None and v < 0:
             raise FnbodyError(f"{flag} must be >= 0, got {v}")
+    if args.bleu_samples is not None and args.bleu_samples < 1:  # settings are ranked by BLEU: 0 prompts cannot rank them
+        raise FnbodyError(f"--bleu-samples must be >= 1 (leave it out for the default: 16, or 500 with --full), got {args.bleu_samples}")
     if args.max_new_tokens < 1:
         raise FnbodyError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     out = Path(args.out)
@@ -424,7 +425,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from fnbody.config import apply_overrides
 
     base = apply_overrides(base, args.set)
-    bleu_samples = args.bleu_samples or (500 if args.full else 16)
+    bleu_samples = args.bleu_samples if args.bleu_samples is not None else (500 if args.full else 16)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     from fnbody.generate.base import GenerationConfig
 
@@ -483,7 +484,7 @@ def register(sub, groups) -> None:
     s.add_argument("--lrs", type=_floats, default=[0.02, 0.002, 0.0002], help="comma-separated starting learning rates")
     s.add_argument("--batch-sizes", type=_ints, default=[64, 128], help="comma-separated batch sizes")
     s.add_argument("--epochs", "--max-epochs", dest="epochs", type=int, default=None, help="epochs per setting")
-    s.add_argument("--bleu-samples", type=int, default=None, help="prompts per split scored with BLEU")
+    s.add_argument("--bleu-samples", type=int, default=None, help="prompts per split scored with BLEU (default 16, or 500 with --full)")
     s.add_argument("--max-new-tokens", type=int, default=256, help="characters generated per body")
     s.add_argument("--temperature", type=float, default=0.8,
                    help="decoding temperature for the BLEU bodies (0 = greedy; an undertrained char-RNN decodes greedily to blank lines)")
