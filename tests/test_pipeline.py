@@ -430,6 +430,20 @@ def test_report_shows_only_this_configs_finished_stages_and_says_what_is_missing
     assert rep["complete"] is True and set(rep["search"]) == {"nbow"} and "INCOMPLETE" not in md
 
 
+def test_a_finished_sweep_is_shown_when_the_char_rnn_stage_failed(tmp_path):
+    from fnbody.pipeline.report import write_report
+
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "sweep.md").write_text("# Sweep\n\n| cell | seed-BLEU |\n|---|---:|\n| lstm | 0.1234 |\n")
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "plan.json").write_text(json.dumps({"stages": {"char-rnn": "k1", "sweep": "k2"}}))
+    (tmp_path / "stages" / "sweep.json").write_text(json.dumps({"key": "k2", "seconds": 1}))  # char-rnn never finished
+    write_report(tmp_path)
+    rep, md = json.loads((tmp_path / "report.json").read_text()), (tmp_path / "report.md").read_text()
+    assert rep["missing_stages"] == ["char-rnn"] and "Char-RNN stage did not run" in md
+    assert "| lstm | 0.1234 |" in md and rep["char_rnn"] == {"sweep_csv": str(tmp_path / "sweep" / "sweep.csv")}
+
+
 def test_a_failed_stage_still_rewrites_the_report_as_incomplete(tmp_path, monkeypatch):
     import sys
 

@@ -154,22 +154,22 @@ def _char_rnn_section(out: Path, rep: dict, md: list[str], plan: _Plan) -> None:
     run = out / "char_rnn"
     if not (run / "fnbody.json").exists() or not plan.done("char-rnn"):
         md.append("Char-RNN stage did not run.\n")
-        return
-    rows = read_metrics(run)
-    evals = [r for r in rows if "valid_loss" in r]
-    last = evals[-1] if evals else {}
-    info = read_run_info(run)
-    rep["char_rnn"] = {"final": last, "config": info.get("config")}
-    md.append(f"Final valid loss {_fmt(last.get('valid_loss'))} nats/char (perplexity {_fmt(last.get('valid_ppl'), 2)}) after "
-              f"{last.get('step')} steps ({_fmt(last.get('epoch'), 2)} epochs).\n")
-    for name in ("loss.png", "perplexity.png"):
-        fig = _figure(out, run / name, f"char_rnn_{name}")
-        if fig:
-            md.append(f"![char-RNN {name[:-4]}]({fig})")
+    else:
+        rows = read_metrics(run)
+        evals = [r for r in rows if "valid_loss" in r]
+        last = evals[-1] if evals else {}
+        info = read_run_info(run)
+        rep["char_rnn"] = {"final": last, "config": info.get("config")}
+        md.append(f"Final valid loss {_fmt(last.get('valid_loss'))} nats/char (perplexity {_fmt(last.get('valid_ppl'), 2)}) after "
+                  f"{last.get('step')} steps ({_fmt(last.get('epoch'), 2)} epochs).\n")
+        for name in ("loss.png", "perplexity.png"):
+            fig = _figure(out, run / name, f"char_rnn_{name}")
+            if fig:
+                md.append(f"![char-RNN {name[:-4]}]({fig})")
     sweep = out / "sweep" / "sweep.md"
-    if sweep.exists() and plan.done("sweep"):
+    if sweep.exists() and plan.done("sweep"):  # the sweep is its own stage: shown even when the main char-RNN run failed
         text = sweep.read_text(encoding="utf-8")
-        rep["char_rnn"]["sweep_csv"] = str(out / "sweep" / "sweep.csv")
+        rep.setdefault("char_rnn", {})["sweep_csv"] = str(out / "sweep" / "sweep.csv")
         md.append("\n### Sweep\n")
         md.append("\n".join(line for line in text.splitlines() if not line.startswith("# ")))
     md.append("")
