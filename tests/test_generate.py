@@ -292,6 +292,12 @@ def test_cli_generate_resume_refuses_another_model_or_settings(cli, tmp_path):
                           ([run, "--checked", "2"], "job.checked: 0 there, 2 now"), ([run, "--max-samples", "2"], "the prompts (3 there, 2 now)")):
         rc, out = call("generate", *argv, "--input", prompts, "--output", samples)
         assert rc == 2 and message in out.err and "--overwrite" in out.err and not samples.exists(), (argv, out.err)
+    weights = run / "checkpoints" / "best" / "model.safetensors"  # the model retrained in place: fnbody.json unchanged
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"new weights")
+    rc, out = call("generate", run, "--input", prompts, "--output", samples)
+    assert rc == 2 and "job.weights_files_sha256" in out.err and "--overwrite" in out.err and not samples.exists(), out.err
+    weights.unlink()
     rc, out = call("generate", run, "--input", prompts, "--output", samples)
     assert rc == 0 and "wrote 3 samples for 3 prompts" in out.err
     assert {json.loads(line)["model"] for line in samples.read_text().splitlines()} == {"counting"}

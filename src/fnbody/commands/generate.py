@@ -126,13 +126,31 @@ _AUGMENT_KEYS = ("rag_index", "rag_k", "rag_budget_tokens", "rag_hybrid", "rag_k
                  "checked_no_greedy", "rank_by_neighbours", "rank_k", "guide_by_neighbours", "guide_k", "guide_alpha")
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".bin", ".gguf")
+
+
+def _weights_stamp(run: Path) -> str | None:
+    """A hash of the run's weight files' names, sizes and modification times: a model retrained in place (`--resume`
+    keeps fnbody.json as it was) makes another stamp, so its old unfinished samples are not continued."""
+    import hashlib
+
+    if not run.is_dir():
+        return None
+    h = hashlib.sha256()
+    for p in sorted(q for q in run.rglob("*") if q.suffix in WEIGHT_SUFFIXES and q.is_file()):
+        st = p.stat()
+        h.update(f"{p.relative_to(run).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
 def _generation_job(args: argparse.Namespace) -> dict:
     """What, beyond the generator's name, decoding settings and prompts, a `generate` output depends on (see generate_samples)."""
     from fnbody.io import sha256_file
 
     run = Path(args.run).resolve()
     info = run / "fnbody.json"
-    job = {"run": str(run), "run_info_sha256": sha256_file(info) if info.is_file() else None}
+    job = {"run": str(run), "run_info_sha256": sha256_file(info) if info.is_file() else None,
+           "weights_files_sha256": _weights_stamp(run)}
     for key in _AUGMENT_KEYS:
         value = getattr(args, key, None)
         if key in ("rag_index", "rank_by_neighbours", "guide_by_neighbours") and value:
