@@ -380,6 +380,32 @@ def test_search_hybrid_weight_reaches_the_index_and_its_errors_are_400(gen):
         assert r.status_code == 400 and "--bm25" in r.json()["error"]["message"]
 
 
+def test_an_unexpected_error_is_a_500_in_the_openai_shape_and_logged_once(gen):
+    import logging
+
+    class BrokenIndex(ListIndex):
+        def query(self, text, k, **kw):
+            raise RuntimeError("index file vanished")
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "fnbody.serve.app")]
+    with running_server(create_app(gen, BrokenIndex(RECORDS))) as url:
+        for lg in loggers:  # after uvicorn's own logging set-up, which replaces its loggers' handlers
+            lg.addHandler(handler)
+        try:
+            r = httpx.post(f"{url}/v1/search", json={"query": "read a csv file", "k": 1}, timeout=10)
+            time.sleep(0.3)  # the traceback is logged after the reply is sent
+        finally:
+            for lg in loggers:
+                lg.removeHandler(handler)
+    assert r.status_code == 500 and r.json()["error"] == {"message": "internal server error (RuntimeError)", "type": "server_error",
+                                                          "param": None, "code": None}
+    tracebacks = [x for x in records if x.exc_info]
+    assert len(tracebacks) == 1 and "index file vanished" in str(tracebacks[0].exc_info[1])
+
+
 def test_search_without_index_is_404(client):
     r = client.post("/v1/search", json={"query": "x", "k": 1})
     assert r.status_code == 404 and "--search" in r.json()["error"]["message"]

@@ -261,7 +261,7 @@ def create_app(generator: Generator, search_index: SearchIndex | None = None,
 
     @app.exception_handler(Exception)
     async def on_unexpected(_req: Request, e: Exception):
-        log.exception("unhandled error")
+        # Not logged here: Starlette re-raises after this reply is sent and uvicorn logs the traceback once.
         return _error_response(APIError(500, f"internal server error ({type(e).__name__})", type_="server_error"))
 
     # ----- info -----------------------------------------------------------------------------------
