@@ -67,8 +67,6 @@ class PairDataset:
     def __init__(self, query_ids: list[list[int]], code_ids: list[list[int]]) -> None:
         if len(query_ids) != len(code_ids):
             raise ValueError(f"{len(query_ids)} queries but {len(code_ids)} code sequences")
-        self.query_ids = query_ids
-        self.code_ids = code_ids
         self.query = pad_ids(query_ids) if query_ids else torch.zeros((0, 1), dtype=torch.long)  # (N, Tq)
         self.code = pad_ids(code_ids) if code_ids else torch.zeros((0, 1), dtype=torch.long)  # (N, Tc)
         self.query_len = (self.query != PAD_ID).sum(1)  # (N,)
@@ -77,7 +75,7 @@ class PairDataset:
         self.group = torch.unique(self.query, dim=0, return_inverse=True)[1] if query_ids else torch.zeros(0, dtype=torch.long)
 
     def __len__(self) -> int:
-        return len(self.query_ids)
+        return self.query.shape[0]
 
     @property
     def lengths(self) -> torch.Tensor:

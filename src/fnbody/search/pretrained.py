@@ -112,6 +112,9 @@ def load_spec(path: str | Path) -> dict:
     return spec
 
 
+ENCODE_CHUNK = 8192  # token lists tokenized per call of the fast tokenizer
+
+
 class WordPieceVocab:
     """The model's own tokenizer behind the BPE vocabulary interface: token lists are joined by spaces and re-tokenized."""
 
@@ -131,7 +134,10 @@ class WordPieceVocab:
         # BERT's pre-tokenizer splits on whitespace and punctuation, so joined CSN tokens and the raw source
         # tokenize alike apart from comments (which CSN's code tokens drop, as they drop the docstring).
         self.tokenizer.enable_truncation(max_len)
-        return [e.ids for e in self.tokenizer.encode_batch([" ".join(t) for t in token_lists])]
+        out: list[list[int]] = []
+        for i in range(0, len(token_lists), ENCODE_CHUNK):  # chunks: an Encoding (tokens, offsets, masks) is far bigger than its ids
+            out += [e.ids for e in self.tokenizer.encode_batch([" ".join(t) for t in token_lists[i:i + ENCODE_CHUNK]])]
+        return out
 
     def encode(self, tokens: Sequence[str], max_len: int) -> list[int]:
         """Ids of one token list, cut to `max_len`."""
