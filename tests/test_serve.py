@@ -362,7 +362,7 @@ def test_search_endpoint(gen):
 def test_search_hybrid_weight_reaches_the_index_and_its_errors_are_400(gen):
     class HybridIndex(ListIndex):
         def query(self, text, k, hybrid=None):  # None: the index's own default (SearchIndex.default_hybrid)
-            if hybrid and not self.bm25:
+            if hybrid and self.bm25 is None:
                 raise FnbodyError("index has no BM25 channel; rebuild it with `fnbody search index RUN --corpus DIR --out INDEX --bm25`")
             self.hybrids.append(hybrid)
             return super().query(text, k)
@@ -375,9 +375,12 @@ def test_search_hybrid_weight_reaches_the_index_and_its_errors_are_400(gen):
         assert c.post("/v1/search", json={"query": "read a csv file", "k": 1, "hybrid": 0}).status_code == 200
         assert index.hybrids == [0.3, None, 0.0]  # omitted: left to the index; 0: dense only, passed on
         assert c.post("/v1/search", json={"query": "x", "hybrid": -1}).status_code == 400
-        index.bm25 = False
+        index.bm25 = None
         r = c.post("/v1/search", json={"query": "x", "hybrid": 0.3})
-        assert r.status_code == 400 and "--bm25" in r.json()["error"]["message"]
+        err = r.json()["error"]
+        assert r.status_code == 400 and err["param"] == "hybrid" and "no BM25 channel" in err["message"]
+        assert "--bm25" not in err["message"] and index.hybrids == [0.3, None, 0.0]  # refused before the index was asked
+        assert c.post("/v1/search", json={"query": "read a csv file", "hybrid": 0}).status_code == 200  # dense only still works
 
 
 def test_an_unexpected_error_is_a_500_in_the_openai_shape_and_logged_once(gen):

@@ -472,6 +472,9 @@ def create_app(generator: Generator, search_index: SearchIndex | None = None,
                            code="search_disabled")
         if req.k > settings.max_k:
             raise APIError(400, f"k: {req.k} exceeds this server's cap of {settings.max_k}", param="k")
+        if req.hybrid and getattr(search_index, "bm25", None) is None:  # said here: the index's own error names server paths
+            raise APIError(400, "hybrid: this server's index has no BM25 channel; leave hybrid out or send 0 (dense only)",
+                           param="hybrid")
         extra = {"hybrid": req.hybrid} if req.hybrid is not None else {}  # none given: the index's own default
         job = _submit(request.app.state.search_worker, lambda job: search_index.query(req.query, req.k, **extra))
         try:
