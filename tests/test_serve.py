@@ -409,6 +409,15 @@ def test_an_unexpected_error_is_a_500_in_the_openai_shape_and_logged_once(gen):
     assert len(tracebacks) == 1 and "index file vanished" in str(tracebacks[0].exc_info[1])
 
 
+@pytest.mark.parametrize("body, message", [
+    (b'{"prompt": "\xff"}', "could not be decoded as text (JSON in UTF-8 expected): utf-8 invalid start byte at byte offset 12"),
+    (b'{"prompt": ', "malformed JSON body"),
+])
+def test_an_undecodable_body_is_a_400_that_says_why(client, gen, body, message):
+    r = client.post("/v1/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and message in r.json()["error"]["message"] and gen.prompts_run == []
+
+
 def test_search_without_index_is_404(client):
     r = client.post("/v1/search", json={"query": "x", "k": 1})
     assert r.status_code == 404 and "--search" in r.json()["error"]["message"]

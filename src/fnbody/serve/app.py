@@ -256,6 +256,10 @@ def create_app(generator: Generator, search_index: SearchIndex | None = None,
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_req: Request, e: StarletteHTTPException):
+        if isinstance(e.__cause__, UnicodeDecodeError):  # FastAPI's "There was an error parsing the body" says no more
+            bad = e.__cause__
+            return _error_response(APIError(400, f"request body could not be decoded as text (JSON in UTF-8 expected): "
+                                                 f"{bad.encoding} {bad.reason} at byte offset {bad.start}"))
         return _error_response(APIError(e.status_code, str(e.detail), type_="not_found_error" if e.status_code == 404 else "invalid_request_error",
                                         headers=getattr(e, "headers", None)))  # 405 keeps its Allow header
 
