@@ -170,6 +170,29 @@ def test_separate_towers_start_equal(setup, tmp_path):
     assert np.allclose(emb.embed_query_tokens(toks), emb.embed_code_tokens(toks), atol=1e-6)
 
 
+def test_bf16_embedding_is_close_to_fp32_and_says_so(setup, tmp_path, capsys):
+    from fnbody.corpus.io import read_split
+    from fnbody.search.evaluate import evaluate_search
+    from fnbody.search.index import build_index
+
+    corpus, _, run = setup
+    fp32 = evaluate_search(run, corpus, csn_sample=None)["test_pool"]
+    bf16 = evaluate_search(run, corpus, csn_sample=None, precision="bf16")["test_pool"]
+    assert "prec:" not in fp32["signature"] and "|prec:bf16|" in bf16["signature"]
+    assert abs(bf16["mrr"] - fp32["mrr"]) < 0.1
+    rows = read_split(corpus, "test")
+    a, b = build_index(run, rows, tmp_path / "a"), build_index(run, rows, tmp_path / "b", precision="bf16")
+    assert (a["precision"], b["precision"]) == ("fp32", "bf16")
+    va, vb = np.load(tmp_path / "a" / "embeddings.npy"), np.load(tmp_path / "b" / "embeddings.npy")
+    assert va.shape == vb.shape and not np.array_equal(va, vb)  # bf16 rounding moves them...
+    assert (va * vb).sum(1).min() > 0.99  # ...but not far (unit vectors: cosine)
+    with pytest.raises(SystemExit):
+        main(["eval", "search", str(run), "--corpus", str(corpus), "--precision", "fp16"])
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
+    with pytest.raises(FnbodyError, match="choose one"):
+        Embedder.load(run, quantize=True, precision="bf16")
+
+
 def test_attention_dropout_reaches_the_model_and_is_checked(setup, tmp_path, capsys):
     from fnbody.search.model import SearchModelConfig, TwoTowerModel
     from fnbody.search.pretrained import PretrainedEncoder, read_pretrained_folder

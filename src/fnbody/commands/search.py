@@ -45,6 +45,8 @@ def register(sub, groups) -> None:
     p.add_argument("--hybrid", default="0", metavar="W|auto",
                    help="also score BM25 alone (IDF from the train split) and z(dense) + W * z(BM25) on the same protocol (e.g. 0.3); "
                         "'auto': W chosen on the first 4000 valid pairs (CSN batches of 1000)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="embedding precision: bf16 runs the encoder under bf16 autocast (on a CPU with AMX, e.g. Intel Sapphire Rapids, ~3x faster for MiniLM; signatures say prec:bf16)")
     p.set_defaults(func=cmd_eval)
 
     p = groups["search"].add_parser("index", help="embed a corpus's functions into a search index")
@@ -58,6 +60,8 @@ def register(sub, groups) -> None:
     p.add_argument("--bm25", action="store_true", help="also write a BM25 channel (code subtokens) for `search query --hybrid W`")
     p.add_argument("--hybrid-weight", choices=["auto"], help="with --bm25: choose the BM25 fusion weight on the corpus's valid split "
                    "(as `eval search --hybrid auto` does) and record it; `search query` and the server then fuse with it by default")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="embedding precision: bf16 runs the encoder under bf16 autocast (on a CPU with AMX, e.g. Intel Sapphire Rapids, ~3x faster index builds for MiniLM; recorded in index.json)")
     p.set_defaults(func=cmd_index)
 
     p = groups["search"].add_parser("query", help="rank indexed functions for a natural-language query")
@@ -105,7 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not Path(args.csn_sample).is_dir():
             raise FnbodyError(f"{args.csn_sample}: CSN sample folder not found")
     result = evaluate_search(args.run, args.corpus, csn_sample=sample, max_samples=args.max_samples, device=args.device,
-                             hybrid=args.hybrid)
+                             hybrid=args.hybrid, precision=args.precision)
     print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0
 
@@ -120,7 +124,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise FnbodyError(f"--splits {args.splits}: a split named twice would index its functions twice")
     records = [r for s in splits for r in iter_split(args.corpus, s, args.max_samples)]
     info = build_index(args.run, records, args.out, overwrite=args.overwrite, source=f"{args.corpus}:{','.join(splits)}", device=args.device,
-                       bm25=args.bm25, fusion_from=args.corpus if args.hybrid_weight else None)
+                       bm25=args.bm25, fusion_from=args.corpus if args.hybrid_weight else None, precision=args.precision)
     chosen = info.get("fusion_weight")
     print(f"indexed {info['count']} functions ({info['encoder']}, {info['functions_per_s']:.0f} functions/s"
           f"{', with BM25' if info['bm25'] else ''}) -> {args.out}"

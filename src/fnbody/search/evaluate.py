@@ -43,8 +43,9 @@ def signature(protocol: str, n: int, data: str, emb: Embedder) -> str:
     from fnbody import __version__
 
     cfg = emb.cfg
+    prec = "" if emb.precision == "fp32" else f"|prec:{emb.precision}"
     return (f"MRR|protocol:{protocol}|n:{n}|data:{data}|tok:{emb.tokenization}"
-            f"|model:{cfg.encoder}-{cfg.loss}|fp:{emb.fingerprint[:12]}|fnbody:{__version__}")
+            f"|model:{cfg.encoder}-{cfg.loss}|fp:{emb.fingerprint[:12]}{prec}|fnbody:{__version__}")
 
 
 def embed_records(emb: Embedder, records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -98,7 +99,7 @@ def read_csn_rows(folder: str | Path) -> list[dict]:
 
 
 def evaluate_search(run_dir: str | Path, corpus: str | Path, *, csn_sample: str | Path | None = CSN_SAMPLE,
-                    max_samples: int | None = None, device: str = "cpu", hybrid: float | str = 0.0) -> dict:
+                    max_samples: int | None = None, device: str = "cpu", hybrid: float | str = 0.0, precision: str = "fp32") -> dict:
     """Test MRR by the CSN protocol (or a labelled whole-pool MRR when the test split has < 1000 functions).
 
     `hybrid` w > 0: also `bm25` and `fusion` (z(dense) + w * z(BM25)) MRRs of the same queries, IDF from the train split.
@@ -115,7 +116,7 @@ def evaluate_search(run_dir: str | Path, corpus: str | Path, *, csn_sample: str 
             except ValueError:
                 raise FnbodyError(f"hybrid must be a weight >= 0 or 'auto', got {hybrid!r}") from None
         check_weight(hybrid)
-    emb = Embedder.load(run_dir, device)
+    emb = Embedder.load(run_dir, device, precision=precision)
     test = read_split(corpus, "test", max_samples)
     if len(test) < 2:
         raise FnbodyError(f"{corpus}: test split has {len(test)} functions; MRR needs at least 2")

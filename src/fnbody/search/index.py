@@ -84,8 +84,10 @@ def read_index_info(index_dir: str | Path) -> dict:
 
 def build_index(model_dir: str | Path, records: Iterable[dict], out_dir: str | Path, *, overwrite: bool = False,
                 source: str = "", device: str = "cpu", batch_size: int = 500, bm25: bool = False,
-                fusion_from: str | Path | None = None) -> dict:
+                fusion_from: str | Path | None = None, precision: str = "fp32") -> dict:
     """Embed `records` with the search run `model_dir` and write an index folder atomically; returns index.json.
+
+    `precision` "bf16": embed under bf16 autocast (recorded in index.json; queries stay fp32 unless asked otherwise).
 
     `bm25`: also write a BM25 channel over the same functions' code subtokens (IDF from these rows) for hybrid queries.
     `fusion_from` (with `bm25`): a corpus folder whose valid split chooses the fusion weight that queries default to,
@@ -100,7 +102,7 @@ def build_index(model_dir: str | Path, records: Iterable[dict], out_dir: str | P
         from fnbody.corpus.io import split_files
 
         split_files(fusion_from, "valid")  # no valid split: say so before the embedding, not after
-    emb = Embedder.load(model_dir, device)
+    emb = Embedder.load(model_dir, device, precision=precision)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not (out_dir / INDEX_INFO).exists():
             raise FnbodyError(f"{out_dir}: exists and is not a search index; refusing to overwrite it")
@@ -155,7 +157,7 @@ def _write_index(tmp: Path, emb: Embedder, model_dir, vectors: np.ndarray, rows:
         "model_fingerprint": emb.fingerprint, "encoder": emb.cfg.encoder, "loss": emb.cfg.loss,
         "normalized": emb.normalized, "dim": int(vectors.shape[1]), "count": len(rows), "source": source,
         "embed_seconds": round(seconds, 3), "functions_per_s": round(len(rows) / max(seconds, 1e-9), 1),
-        "bm25": bm25,
+        "bm25": bm25, "precision": emb.precision,
     }
     if chosen:
         info["fusion_weight"] = chosen
