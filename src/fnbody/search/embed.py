@@ -104,7 +104,7 @@ class Embedder:
     """Query and code encoders of a trained two-tower model, with their vocabularies; loaded once.
 
     With `quantize`, queries are embedded by an int8 copy of the query tower (CPU only); code is always fp32.
-    With `precision="bf16"`, both towers run under bf16 autocast (on a CPU with AMX ~3x faster MiniLM embedding;
+    With `precision="bf16"`, both towers run under bf16 autocast (on a CPU with AMX MiniLM embeds 2.8x faster;
     vectors differ from fp32 ones by bf16 rounding, and evaluation signatures say `prec:bf16`).
     """
 

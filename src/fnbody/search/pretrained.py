@@ -177,7 +177,7 @@ ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")  
 
 def set_attention_dropout(config, p: float) -> None:
     """Set the dropout on attention probabilities in a transformers config (0 lets torch run its fused attention kernel
-    when training, ~2.5x faster on CPU); FnbodyError when the model family has no such setting."""
+    when training); FnbodyError when the model family has no such setting."""
     for key in ATTENTION_DROPOUT_KEYS:
         if hasattr(config, key):
             setattr(config, key, float(p))

@@ -183,7 +183,7 @@ def check_init_run(init_from: str | Path, cfg: SearchTrainConfig) -> Path:
 
 def read_pair_fields(corpus: str | Path, split: str, max_samples: int | None = None) -> list[dict]:
     """A split's records cut to what training pairs need, token strings interned: a fraction of the memory of whole
-    records (the 232k-function extended corpus took 16 GB read whole)."""
+    records (training on the 232k-function extended corpus held 16 GB with them read whole)."""
     from fnbody.corpus.io import iter_split
 
     intern = sys.intern
