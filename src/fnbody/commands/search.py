@@ -11,6 +11,12 @@ from fnbody.errors import FnbodyError
 ENCODER_CHOICES = ("nbow", "rnn", "cnn", "selfatt", "minilm")
 
 
+def _add_precision(p: argparse.ArgumentParser, where: str) -> None:
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="embedding precision: bf16 runs the encoder under bf16 autocast (on a CPU with AMX, e.g. Intel Sapphire "
+                        f"Rapids, MiniLM embeds 2.8x faster; {where})")
+
+
 def register(sub, groups) -> None:
     """Add the search subcommands to the train, eval and search groups."""
     p = groups["train"].add_parser("search", help="train a two-tower code-search model (CSN baselines)",
@@ -45,8 +51,7 @@ def register(sub, groups) -> None:
     p.add_argument("--hybrid", default="0", metavar="W|auto",
                    help="also score BM25 alone (IDF from the train split) and z(dense) + W * z(BM25) on the same protocol (e.g. 0.3); "
                         "'auto': W chosen on the first 4000 valid pairs (CSN batches of 1000)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="embedding precision: bf16 runs the encoder under bf16 autocast (on a CPU with AMX, e.g. Intel Sapphire Rapids, MiniLM embeds 2.8x faster; signatures say prec:bf16)")
+    _add_precision(p, "signatures say prec:bf16")
     p.set_defaults(func=cmd_eval)
 
     p = groups["search"].add_parser("index", help="embed a corpus's functions into a search index")
@@ -60,8 +65,7 @@ def register(sub, groups) -> None:
     p.add_argument("--bm25", action="store_true", help="also write a BM25 channel (code subtokens) for `search query --hybrid W`")
     p.add_argument("--hybrid-weight", choices=["auto"], help="with --bm25: choose the BM25 fusion weight on the corpus's valid split "
                    "(as `eval search --hybrid auto` does) and record it; `search query` and the server then fuse with it by default")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="embedding precision: bf16 runs the encoder under bf16 autocast (on a CPU with AMX, e.g. Intel Sapphire Rapids, MiniLM embeds 2.8x faster; recorded in index.json)")
+    _add_precision(p, "recorded in index.json")
     p.set_defaults(func=cmd_index)
 
     p = groups["search"].add_parser("query", help="rank indexed functions for a natural-language query")
