@@ -15,7 +15,6 @@ with FSDP2 sharding under `--set train.parallel=fsdp`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 from dataclasses import dataclass, field
