@@ -274,12 +274,31 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+CELLS = ("lstm", "gru", "rnn")
+
+
 def _cells(text: str) -> list[str]:
     cells = [c.strip() for c in text.split(",") if c.strip()]
-    bad = [c for c in cells if c not in ("lstm", "gru", "rnn")]
+    bad = [c for c in cells if c not in CELLS]
     if bad or not cells:
-        raise argparse.ArgumentTypeError(f"cells must be among lstm,gru,rnn; got {text!r}")
+        raise argparse.ArgumentTypeError(f"cells must be among {','.join(CELLS)}; got {text!r}")
     return cells
+
+
+def check_sweep_grid(cells: Sequence[str], lrs: Sequence[float], batch_sizes: Sequence[int],
+                     names: tuple[str, str, str] = ("--cells", "--lrs", "--batch-sizes")) -> None:
+    """ValueError naming the setting (`names`: how the caller spells cells, lrs, batch sizes) when the sweep grid is empty
+    or holds an unknown cell, a learning rate that is not a finite number > 0, or a batch size < 1."""
+    for name, values in zip(names, (cells, lrs, batch_sizes)):
+        if not values:
+            raise ValueError(f"{name} is empty: give at least one value")
+    bad = [c for c in cells if c not in CELLS]
+    if bad:
+        raise ValueError(f"{names[0]} {bad} unknown; known: {list(CELLS)}")
+    if not all(math.isfinite(lr) and lr > 0 for lr in lrs):
+        raise ValueError(f"{names[1]} must all be finite numbers > 0, got {list(lrs)}")
+    if not all(b >= 1 for b in batch_sizes):
+        raise ValueError(f"{names[2]} must all be >= 1, got {list(batch_sizes)}")
 
 
 SWEEP_COLUMNS = ("cell", "batch_size", "lr", "steps", "epochs", "valid_loss", "valid_ppl", "seed_bleu_train", "seed_bleu_eval",
@@ -384,13 +403,10 @@ def run_sweep(corpus_dir: str | Path, out_dir: str | Path, base: CharRNNRunConfi
 
 def check_sweep_args(args: argparse.Namespace) -> None:
     """Refuse an empty or invalid grid and bad caps before any training, naming the flag."""
-    for flag, values in (("--cells", args.cells), ("--lrs", args.lrs), ("--batch-sizes", args.batch_sizes)):
-        if not values:
-            raise FnbodyError(f"{flag} is empty: give at least one value")
-    if not all(math.isfinite(lr) and lr > 0 for lr in args.lrs):
-        raise FnbodyError(f"--lrs must all be finite numbers > 0, got {args.lrs}")
-    if not all(b >= 1 for b in args.batch_sizes):
-        raise FnbodyError(f"--batch-sizes must all be >= 1, got {args.batch_sizes}")
+    try:
+        check_sweep_grid(args.cells, args.lrs, args.batch_sizes)
+    except ValueError as e:
+        raise FnbodyError(str(e)) from None
     for flag, v in (("--max-steps", args.max_steps), ("--epochs", args.epochs), ("--max-samples", args.max_samples), ("--top-k", args.top_k)):
         if v is not None and v < 0:
             raise FnbodyError(f"{flag} must be >= 0, got {v}")

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fnbody.commands.char_rnn import CELLS, check_sweep_grid
 from fnbody.config import from_dict, load_toml
 from fnbody.errors import FnbodyError
 
@@ -15,7 +16,6 @@ PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 PRESETS = ("tiny", "demo", "paper")
 # Kept in step with fnbody.search.model.ENCODERS + PRETRAINED_ENCODERS (a test checks): importing those pulls in torch.
 SEARCH_ENCODERS = ("nbow", "rnn", "cnn", "selfatt", "minilm")
-CELLS = ("lstm", "gru", "rnn")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -91,16 +91,14 @@ class CharRNNStage:
         _at_least(self, 0, "max_epochs", "max_steps", "max_samples", "sweep_max_steps", "sweep_bleu_samples")
         if not self.sweep:
             return
-        for name in ("sweep_cells", "sweep_lrs", "sweep_batch_sizes"):
-            if not getattr(self, name):
-                raise ValueError(f"{name} is empty: list at least one value, or set sweep = false")
-        bad = [c for c in self.sweep_cells if c not in CELLS]
-        if bad:
-            raise ValueError(f"sweep_cells {bad} unknown; known: {list(CELLS)}")
-        if not all(math.isfinite(lr) and lr > 0 for lr in self.sweep_lrs):
-            raise ValueError(f"sweep_lrs must all be finite numbers > 0, got {self.sweep_lrs}")
-        if not all(b >= 1 for b in self.sweep_batch_sizes):
-            raise ValueError(f"sweep_batch_sizes must all be >= 1, got {self.sweep_batch_sizes}")
+        # the same grid check as `fnbody sweep` (the stage runs that command), in this file's key names
+        try:
+            check_sweep_grid(self.sweep_cells, self.sweep_lrs, self.sweep_batch_sizes,
+                             ("sweep_cells", "sweep_lrs", "sweep_batch_sizes"))
+        except ValueError as e:
+            if "is empty" in str(e):
+                raise ValueError(f"{e}, or set sweep = false") from None
+            raise
 
 
 @dataclass
