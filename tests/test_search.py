@@ -53,6 +53,27 @@ def test_losses_known_values():
         retrieval_loss(torch.zeros(2, 4), torch.zeros(2, 4), loss="nope")
 
 
+def test_symmetric_softmax_loss_known_values():
+    # Row 0 ranks its code first; column 1 (code 1) prefers query 0: the two directions differ.
+    scores = torch.tensor([[2.0, 1.0], [0.0, 0.0]])
+    rows = (np.log(np.exp(2) + np.exp(1)) - 2 + np.log(2)) / 2
+    cols = (np.log(np.exp(2) + 1) - 2 + np.log(np.exp(1) + 1) - 0) / 2
+    assert softmax_loss(scores).item() == pytest.approx(rows, rel=1e-5)
+    assert softmax_loss(scores, symmetric=True).item() == pytest.approx((rows + cols) / 2, rel=1e-5)
+    assert softmax_loss(torch.zeros(4, 4), symmetric=True).item() == pytest.approx(np.log(4))
+    # identical queries are nobody's negative in either direction: with both masked, only the diagonal counts
+    mask = torch.tensor([[False, True], [True, False]])
+    assert softmax_loss(scores, mask, symmetric=True).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="softmax"):
+        retrieval_loss(torch.zeros(2, 4), torch.zeros(2, 4), loss="cosine", symmetric=True)
+    with pytest.raises(ValueError, match="symmetric_loss"):
+        SearchModelConfig(loss="cosine", symmetric_loss=True)
+    model = TwoTowerModel(SearchModelConfig(encoder="nbow", emb_dim=8, vocab_size=20, loss="softmax", symmetric_loss=True), 20, 20)
+    q, c = torch.randn(3, 8), torch.randn(3, 8)
+    assert model.loss(q, c).item() == pytest.approx(retrieval_loss(q, c, "softmax", symmetric=True).item())
+    assert model.loss(q, c).item() != pytest.approx(retrieval_loss(q, c, "softmax").item())
+
+
 @pytest.mark.parametrize("encoder", ENCODERS)
 def test_encoder_forward_shapes(encoder):
     cfg = SearchModelConfig(encoder=encoder, emb_dim=16, vocab_size=50, code_max_len=12, query_max_len=6,

@@ -35,10 +35,18 @@ def _without(scores: torch.Tensor, not_negative: torch.Tensor | None) -> torch.T
     return scores.masked_fill(not_negative & ~eye, float("-inf"))
 
 
-def softmax_loss(scores: torch.Tensor, not_negative: torch.Tensor | None = None) -> torch.Tensor:
-    """Equation (1): -1/N sum_i log softmax_j(E_c(c_j) . E_q(d_i))[i], over the row's true code and its negatives."""
+def softmax_loss(scores: torch.Tensor, not_negative: torch.Tensor | None = None, symmetric: bool = False) -> torch.Tensor:
+    """Equation (1): -1/N sum_i log softmax_j(E_c(c_j) . E_q(d_i))[i], over the row's true code and its negatives.
+
+    `symmetric` averages it with the same loss over columns (each code against the batch's queries), as CLIP and
+    OpenAI's cpt embeddings train; `not_negative` is symmetric, so it masks both directions alike.
+    """
     scores = _without(scores, not_negative)
-    return F.cross_entropy(scores, torch.arange(scores.shape[0], device=scores.device))
+    target = torch.arange(scores.shape[0], device=scores.device)
+    loss = F.cross_entropy(scores, target)
+    if symmetric:
+        loss = (loss + F.cross_entropy(scores.T, target)) / 2
+    return loss
 
 
 def cosine_loss(scores: torch.Tensor, margin: float = 1.0, not_negative: torch.Tensor | None = None) -> torch.Tensor:
@@ -63,18 +71,21 @@ def same_group(groups: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def retrieval_loss(q: torch.Tensor, c: torch.Tensor, loss: str = "softmax", margin: float = 1.0,
-                   groups: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
+                   groups: torch.Tensor | None = None, scale: float = 1.0, symmetric: bool = False) -> torch.Tensor:
     """The chosen in-batch loss for query embeddings q (B, C) and code embeddings c (B, C).
 
     `groups` (B,) ids pairs whose queries are identical: 13% of the default corpus's training docstrings
     are repeated ("Initialize the weights" 116 times), and without it the loss would push a query away
     from a code that answers it as well as its own. `scale` multiplies the similarities inside the softmax loss
-    (a temperature of 1/scale): unit vectors score within [-1, 1], too flat a softmax without it.
+    (a temperature of 1/scale): unit vectors score within [-1, 1], too flat a softmax without it. `symmetric` (softmax
+    only) also trains code-to-query ranking.
     """
+    if symmetric and loss != "softmax":
+        raise ValueError(f"symmetric applies to the softmax loss, not {loss!r}")
     scores = similarity(q, c, loss)  # (B, B)
     not_negative = same_group(groups)
     if loss == "softmax":
-        return softmax_loss(scores * scale, not_negative)
+        return softmax_loss(scores * scale, not_negative, symmetric)
     if loss == "cosine":
         return cosine_loss(scores, margin, not_negative)
     if loss == "max-margin":

