@@ -286,12 +286,12 @@ def _cells(text: str) -> list[str]:
 
 
 def check_sweep_grid(cells: Sequence[str], lrs: Sequence[float], batch_sizes: Sequence[int],
-                     names: tuple[str, str, str] = ("--cells", "--lrs", "--batch-sizes")) -> None:
+                     names: tuple[str, str, str] = ("--cells", "--lrs", "--batch-sizes"), if_empty: str = "give at least one value") -> None:
     """ValueError naming the setting (`names`: how the caller spells cells, lrs, batch sizes) when the sweep grid is empty
-    or holds an unknown cell, a learning rate that is not a finite number > 0, or a batch size < 1."""
+    (the message ends with `if_empty`) or holds an unknown cell, a learning rate that is not a finite number > 0, or a batch size < 1."""
     for name, values in zip(names, (cells, lrs, batch_sizes)):
         if not values:
-            raise ValueError(f"{name} is empty: give at least one value")
+            raise ValueError(f"{name} is empty: {if_empty}")
     bad = [c for c in cells if c not in CELLS]
     if bad:
         raise ValueError(f"{names[0]} {bad} unknown; known: {list(CELLS)}")

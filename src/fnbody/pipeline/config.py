@@ -92,13 +92,8 @@ class CharRNNStage:
         if not self.sweep:
             return
         # the same grid check as `fnbody sweep` (the stage runs that command), in this file's key names
-        try:
-            check_sweep_grid(self.sweep_cells, self.sweep_lrs, self.sweep_batch_sizes,
-                             ("sweep_cells", "sweep_lrs", "sweep_batch_sizes"))
-        except ValueError as e:
-            if "is empty" in str(e):
-                raise ValueError(f"{e}, or set sweep = false") from None
-            raise
+        check_sweep_grid(self.sweep_cells, self.sweep_lrs, self.sweep_batch_sizes, ("sweep_cells", "sweep_lrs", "sweep_batch_sizes"),
+                         if_empty="list at least one value, or set sweep = false")
 
 
 @dataclass
