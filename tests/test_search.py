@@ -430,6 +430,28 @@ def test_pair_dataset_batches_and_groups():
     assert b["query"].tolist() == [[5, 0], [3, 4]] and b["code"].tolist() == [[6, 0, 0], [7, 8, 9]]
     assert data.group[0] == data.group[2] and data.group[0] != data.group[1]
     assert data.rows([3])["query"].tolist() == [[1]]  # an empty query becomes one <unk>
+    assert data.clusters is None  # no cluster labels given: group_by_cluster refuses such a dataset
+    with pytest.raises(ValueError, match="4 pairs but 3 cluster labels"):
+        PairDataset([[3, 4], [5], [3, 4], []], [[7], [6], [2], [9]], ["a", "b", "a"])
+
+
+def test_encode_pairs_clusters_pairs_by_repo_and_trains_with_group_by_cluster(tiny_corpus, tmp_path):
+    from fnbody.corpus.io import read_split
+    from fnbody.search.data import encode_pairs
+    from fnbody.tokens.subword import train_subword_vocab
+
+    records = read_split(tiny_corpus, "train")
+    vocab = train_subword_vocab([training_pair(r, False)[1] for r in records], vocab_size=200)
+    data = encode_pairs(records, vocab, vocab, 8, 16)
+    repos = [r["repo"] for r in records]
+    assert len(set(repos)) > 1
+    for i in range(len(records)):
+        for j in range(len(records)):
+            assert (data.clusters[i] == data.clusters[j]) == (repos[i] == repos[j])
+    run = tmp_path / "c"
+    assert main(["train", "search", "--corpus", str(tiny_corpus), "--encoder", "nbow", "--out", str(run), "--max-steps", "2",
+                 "--set", "train.group_by_cluster=2", *TINY]) == 0
+    assert json.loads((run / "fnbody.json").read_text())["config"]["train"]["group_by_cluster"] == 2
 
 
 def test_set_overrides_win_over_flags_as_in_train_lm(tiny_corpus, tmp_path):

@@ -161,6 +161,47 @@ def test_group_by_length_needs_lengths(tmp_path):
     assert spread(batches) < 0.7 * spread(plain)  # closer in length than 8 random picks
 
 
+def test_cluster_grouped_batches_hold_few_clusters_and_keep_every_example():
+    from fnbody.train.loop import cluster_grouped
+
+    clusters = torch.arange(48) % 6  # six clusters of eight examples
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(1))
+    order = order[order < 48].clone()
+    out = cluster_grouped(order, clusters, batch=8, runs_of=6, g=torch.Generator().manual_seed(2))
+    assert sorted(out.tolist()) == list(range(48))  # a permutation
+    # One run covers the epoch, so every batch of 8 is one whole cluster (random batches: almost never).
+    assert all(len(set(clusters[b].tolist())) == 1 for b in out.view(6, 8))
+    for b in out.view(6, 8):  # within a cluster, the examples keep the shuffled order's sequence (stable sort)
+        rank = {int(x): i for i, x in enumerate(order)}
+        assert [rank[int(x)] for x in b] == sorted(rank[int(x)] for x in b)
+    assert torch.equal(out, cluster_grouped(order, clusters, batch=8, runs_of=6, g=torch.Generator().manual_seed(2)))
+    other = cluster_grouped(order, clusters, batch=8, runs_of=6, g=torch.Generator().manual_seed(3))
+    assert not torch.equal(out, other)  # another epoch's draw: another cluster order and batch order
+    # runs_of=1: each batch is only sorted within itself, so it holds the same examples as the plain order's batch.
+    one = cluster_grouped(order, clusters, batch=8, runs_of=1, g=torch.Generator().manual_seed(2))
+    assert {frozenset(b.tolist()) for b in one.view(6, 8)} == {frozenset(b.tolist()) for b in order.view(6, 8)}
+
+
+def test_group_by_cluster_needs_clusters_and_excludes_group_by_length(tmp_path):
+    from fnbody.errors import FnbodyError
+
+    with pytest.raises(FnbodyError, match="group_by_cluster needs a dataset with clusters"):
+        make_trainer(tmp_path, TrainConfig(group_by_cluster=4, device="cpu"))
+    with pytest.raises(ValueError, match="set one of them"):
+        TrainConfig(group_by_cluster=2, group_by_length=2)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        TrainConfig(group_by_cluster=-1)
+
+    class Clustered(list):
+        clusters = torch.arange(64) // 16  # four clusters of 16, in index order
+
+    trainer = Trainer(TinyRegressor(), TrainConfig(batch_size=8, group_by_cluster=8, device="cpu"), Clustered(make_data()),
+                      collate, loss_fn, tmp_path / "c")
+    order = trainer._epoch_order(0)
+    assert sorted(order.tolist()) == list(range(64))
+    assert all(len(set((b // 16).tolist())) == 1 for b in order.view(-1, 8))  # every batch from one cluster
+
+
 def test_gradient_accumulation_matches_full_batch(tmp_path):
     base = dict(batch_size=16, max_epochs=2, lr=1e-2, log_every=1, show_progress=False)
     make_trainer(tmp_path / "full", TrainConfig(**base)).fit()

@@ -75,6 +75,11 @@ class TrainConfig:
     group_by_length: int = field(default=0, metadata={
         "help": "batch examples of similar length to cut padding: each epoch's shuffled order is cut into runs of N batches, "
                 "each run sorted by length, and the batches shuffled (0 = off; needs a dataset with lengths)"})
+    group_by_cluster: int = field(default=0, metadata={
+        "help": "batch examples of the same cluster together (the dataset's `clusters`; search pairs: their repo), for harder "
+                "in-batch negatives: each epoch's shuffled order is cut into runs of N batches, each run sorted by cluster (the "
+                "clusters in a fresh random order each epoch), and the batches shuffled (0 = off; N = 1 keeps batches random "
+                "in which examples meet, larger N makes them more alike)"})
     show_progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
@@ -84,8 +89,10 @@ class TrainConfig:
             raise ValueError("micro_batch_size, max_epochs, max_steps and max_seconds must be >= 0")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
-        if self.group_by_length < 0:
-            raise ValueError(f"group_by_length must be >= 0, got {self.group_by_length}")
+        if self.group_by_length < 0 or self.group_by_cluster < 0:
+            raise ValueError(f"group_by_length and group_by_cluster must be >= 0, got {self.group_by_length} and {self.group_by_cluster}")
+        if self.group_by_length and self.group_by_cluster:
+            raise ValueError("group_by_length and group_by_cluster each order the batches; set one of them")
         if self.max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
         for name in ("weight_decay", "warmup_steps", "clip_value", "clip_norm", "eval_every", "log_every", "patience", "min_lr_ratio"):
@@ -214,6 +221,9 @@ class Trainer:
         self.lengths = getattr(dataset, "lengths", None)  # (N,) sizes for group_by_length
         if cfg.group_by_length and self.lengths is None:
             raise FnbodyError(f"group_by_length needs a dataset with lengths; {type(dataset).__name__} has none")
+        self.clusters = getattr(dataset, "clusters", None)  # (N,) cluster ids for group_by_cluster
+        if cfg.group_by_cluster and self.clusters is None:
+            raise FnbodyError(f"group_by_cluster needs a dataset with clusters; {type(dataset).__name__} has none")
         epoch_steps = self.steps_per_epoch * max(1, cfg.max_epochs)
         self.total_steps = min(cfg.max_steps, epoch_steps) if cfg.max_steps else epoch_steps
         # Position and bookkeeping (restored on resume).
@@ -345,6 +355,8 @@ class Trainer:
         order = torch.randperm(len(self.dataset), generator=g)
         if self.cfg.group_by_length:
             order = length_grouped(order, self.lengths, self.global_batch, self.cfg.group_by_length, g)
+        elif self.cfg.group_by_cluster:
+            order = cluster_grouped(order, self.clusters, self.global_batch, self.cfg.group_by_cluster, g)
         return order
 
     def _run_eval(self) -> bool:
@@ -519,9 +531,25 @@ def length_grouped(order: torch.Tensor, lengths: torch.Tensor, batch: int, runs_
     The batches hold examples of similar length, so padding (and CPU time) shrinks, while which examples meet in a
     batch stays random within a run. The tail after the last whole batch keeps its place (the loop drops it).
     """
-    lengths = torch.as_tensor(lengths)
+    return _run_sorted(order, torch.as_tensor(lengths), batch, runs_of, g, descending=True)
+
+
+def cluster_grouped(order: torch.Tensor, clusters: torch.Tensor, batch: int, runs_of: int, g: torch.Generator) -> torch.Tensor:
+    """`order` with each run of `runs_of` batches sorted by cluster and its whole batches shuffled.
+
+    A batch then holds few clusters (for search pairs: few repos), so a contrastive loss's in-batch negatives are harder
+    than random ones. The clusters are ranked in a random order drawn from `g`, so which small clusters share a batch
+    changes from epoch to epoch; within a cluster the run's random order stays. The tail keeps its place.
+    """
+    clusters = torch.as_tensor(clusters, dtype=torch.long)
+    rank = torch.randperm(int(clusters.max()) + 1 if len(clusters) else 1, generator=g)
+    return _run_sorted(order, rank[clusters], batch, runs_of, g, descending=False)
+
+
+def _run_sorted(order: torch.Tensor, keys: torch.Tensor, batch: int, runs_of: int, g: torch.Generator, descending: bool) -> torch.Tensor:
+    """Each run of `runs_of` batches of `order` stably sorted by `keys`, then the whole batches shuffled."""
     run = batch * runs_of
-    sorted_runs = [chunk[torch.argsort(lengths[chunk], descending=True, stable=True)] for chunk in order.split(run)]
+    sorted_runs = [chunk[torch.argsort(keys[chunk], descending=descending, stable=True)] for chunk in order.split(run)]
     grouped = torch.cat(sorted_runs)
     n_whole = len(order) // batch * batch
     batches = grouped[:n_whole].view(-1, batch)
