@@ -171,8 +171,8 @@ def test_cluster_grouped_batches_hold_few_clusters_and_keep_every_example():
     assert sorted(out.tolist()) == list(range(48))  # a permutation
     # One run covers the epoch, so every batch of 8 is one whole cluster (random batches: almost never).
     assert all(len(set(clusters[b].tolist())) == 1 for b in out.view(6, 8))
+    rank = {int(x): i for i, x in enumerate(order)}
     for b in out.view(6, 8):  # within a cluster, the examples keep the shuffled order's sequence (stable sort)
-        rank = {int(x): i for i, x in enumerate(order)}
         assert [rank[int(x)] for x in b] == sorted(rank[int(x)] for x in b)
     assert torch.equal(out, cluster_grouped(order, clusters, batch=8, runs_of=6, g=torch.Generator().manual_seed(2)))
     other = cluster_grouped(order, clusters, batch=8, runs_of=6, g=torch.Generator().manual_seed(3))
