@@ -17,7 +17,8 @@
 #
 #   GPU_DATA=DIR PHASE=search bash benchmarks/gpu_augment.sh   # DIR: corpus/, minilm/ (HF folder), csn-python-sample/, smollm2.gguf
 #   GPU_AUG_SMOKE=1 bash benchmarks/gpu_augment.sh             # tiny budgets and a tiny corpus on this CPU: checks the script
-# Knobs: MINILM_VARIANTS ("NAME:BATCH:LR:CODE_LEN:EPOCHS ...", trained side by side), FROZEN=0 (skip the frozen MiniLM), MINILM_S,
+# Knobs: MINILM_VARIANTS ("NAME:BATCH:LR:CODE_LEN:EPOCHS ...", trained side by side), MINILM_SET ("KEY=VALUE ...": more config
+# settings for every variant, e.g. "model.symmetric_loss=true model.attention_dropout=0"), FROZEN=0 (skip the frozen MiniLM), MINILM_S,
 # LM_S, BATCH (generation batch; 512 fits an H100 with room to spare), CHECK_N, COMBINED=false (skip rag+checked), AUG_S (cap of
 # the retrieval/checked evaluation), ZS_DEADLINE=0 (skip the untuned model), RETRIEVER=RUN (phase lm without phase search:
 # index the train split with this search run, e.g. a tuned MiniLM brought home or carried by gpu_prepare.py lm --retriever, instead of a quick NBoW),
@@ -175,13 +176,15 @@ if [ "$PHASE" = search ] || [ "$PHASE" = all ]; then
   #    (never test) becomes phase lm's retriever and comes home. Each is scored on test: dense (CSN protocol, and the real CSN
   #    rows) and fused with BM25 at the weight its valid pairs choose (benchmarks/search_fusion.py).
   VARIANTS=${MINILM_VARIANTS:-"minilm-ft:$MINILM_BATCH:4e-5:128:3"}; pids=()
+  EXTRA_SET=(); for kv in ${MINILM_SET:-}; do EXTRA_SET+=(--set "$kv"); done
+  [ ${#EXTRA_SET[@]} = 0 ] || say "every variant also gets: ${EXTRA_SET[*]}"
   for v in $VARIANTS; do
     IFS=: read -r name bs lr clen ep <<< "$v"
     say "$name: fine-tune ${MINILM_S}s (batch $bs, lr $lr, code $clen wordpieces, $ep epochs)"
     ( TOKENIZERS_PARALLELISM=true timeout $(( MINILM_S + 300 )) "${FN[@]}" train search --corpus "$CORPUS" --encoder minilm --finetune --pretrained "$MINILM" \
         --out "$W/search/$name" --device "$DEV" $MINILM_CAP --set train.batch_size="$bs" --set train.lr="$lr" \
         --set model.code_max_len="$clen" --set train.max_epochs="$ep" --set train.warmup_steps=60 --set train.eval_every=60 \
-        --set train.patience=6 --set train.max_seconds="$MINILM_S" --set train.show_progress=false > "$W/search/$name.log" 2>&1 \
+        --set train.patience=6 --set train.max_seconds="$MINILM_S" --set train.show_progress=false "${EXTRA_SET[@]}" > "$W/search/$name.log" 2>&1 \
       && { evaluate_run "$W/search/$name" & ev=$!; timeout 300 "$PY" benchmarks/search_fusion.py --corpus "$CORPUS" --run "$W/search/$name" \
              --device "$DEV" --threads 4 > "$W/search/$name.fusion.txt" 2>&1; wait "$ev"; } ) &
     pids+=($!)
