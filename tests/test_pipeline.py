@@ -203,6 +203,13 @@ def test_presets_load_and_bad_overrides_are_named():
         apply_overrides(load_preset("tiny"), ["augment.guide_alpha=1.5"])
 
 
+def test_repo_configs_link_reaches_every_preset():
+    # The README's ./configs: a path to each preset loads the same config as its name.
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for name in PRESETS:
+        assert load_preset(str(configs / f"{name}.toml")) == load_preset(name)
+
+
 def test_generation_stages_start_clean_when_their_settings_change(tmp_path, capsys):
     """An interrupted evaluation's .partial samples are resumed only under the same settings, never under new ones."""
     from fnbody.pipeline.run import build_stages
