@@ -47,7 +47,8 @@
 #   issue 4, `gpu_prepare.py search` (the extended corpus: `fnbody corpus build WHEELS --extend BASE` with
 #     benchmarks/extra_packages*.txt, train 43k -> ~232k pairs, the same valid and test, RESULTS.md "more training data";
 #     all-MiniLM-L6-v2 in fp16): PHASE=search CORPUS=/tmp/g/corpus_ext MINILM=/tmp/g/minilm FROZEN=0 INDEX=0 MINILM_S=200
-#     MINILM_VARIANTS="x2-b256:256:5e-5:256:1 x2-b512:512:8e-5:256:1" under `timeout 560`. Estimated: start ~90 s, one call
+#     MINILM_VARIANTS="x2-b256:256:5e-5:256:1 x2-b512:512:8e-5:256:1" MINILM_SET="model.symmetric_loss=true
+#     model.attention_dropout=0" under `timeout 560`. Estimated: start ~90 s, one call
 #     per pack ~30 s each, reading (12 s on the dev box) and tokenising (~100 s for 232k pairs on one dev-box thread; the
 #     fine-tuning processes tokenise in parallel, as they never fork) ~30-60 s, one epoch of 232k pairs per variant
 #     ~150-200 s, evaluation and fusion ~90 s: ~10 min, leaving no room for phase lm in the same 15 minutes. The chosen

