@@ -177,7 +177,7 @@ if [ "$PHASE" = search ] || [ "$PHASE" = all ]; then
   #    (never test) becomes phase lm's retriever and comes home. Each is scored on test: dense (CSN protocol, and the real CSN
   #    rows) and fused with BM25 at the weight its valid pairs choose (benchmarks/search_fusion.py).
   VARIANTS=${MINILM_VARIANTS:-"minilm-ft:$MINILM_BATCH:4e-5:128:3"}; pids=()
-  EXTRA_SET=(); for kv in ${MINILM_SET:-}; do EXTRA_SET+=(--set "$kv"); done
+  read -ra kvs <<< "${MINILM_SET:-}"; EXTRA_SET=(); for kv in "${kvs[@]}"; do EXTRA_SET+=(--set "$kv"); done  # split on spaces, never globbed
   [ ${#EXTRA_SET[@]} = 0 ] || say "every variant also gets: ${EXTRA_SET[*]}"
   for v in $VARIANTS; do
     IFS=: read -r name bs lr clen ep <<< "$v"
