@@ -7,7 +7,7 @@ import pytest
 
 from fnbody.corpus.dedup import dedup_exact, dedup_near, jaccard
 from fnbody.corpus.extract import decode_source, functions_from_source
-from fnbody.corpus.filters import FilterConfig, function_skip_reason, is_dunder, is_stub, is_test_function, is_test_path
+from fnbody.corpus.filters import FilterConfig, function_skip_reason, is_dunder, is_standalone, is_stub, is_test_function, is_test_path
 from fnbody.corpus.records import Options, TaskResult, dedup_keys
 from fnbody.corpus.split import split_of
 from fnbody.tokens.code import code_tokens, docstring_tokens, first_paragraph
@@ -115,6 +115,19 @@ def test_function_filters():
 
 def _rec(tokens):
     return {"code_tokens": tokens, **dedup_keys(tokens, near=True)}
+
+
+@pytest.mark.parametrize("code,name,expected", [
+    ("def f(xs: List[int]) -> int:\n    import os\n    n = len(xs)\n    return math.floor(n) + os.sep.count('/')", "f", True),
+    ("def f(s):\n    def g(c):\n        return c.upper()\n    return ''.join(g(c) for c in s if c not in VOWELS)", "f", False),
+    ("def f(s):\n    try:\n        return int(s)\n    except ValueError as e:\n        return str(e)", "f", True),
+    ("def f(self):\n    return 1", "C.f", False),
+    ("def f(x):\n    return helper(x)", "f", False),
+    ("def f(x:\n    return", "f", False),
+    ("x = 1", "f", False),
+])
+def test_is_standalone(code, name, expected):
+    assert is_standalone(code, name) is expected
 
 
 def test_dedup_exact_and_near():

@@ -61,6 +61,31 @@ def test_packing_masks_and_cache(tiny_corpus, tmp_path):
     assert torch.equal(y == IGNORE, torch.as_tensor(np.asarray(mask[33:65]) == 0))
 
 
+def test_standalone_only_keeps_module_level_self_contained_functions(tiny_corpus, tmp_path):
+    import gzip
+
+    from fnbody.corpus.io import read_split
+    from fnbody.tokens.byte_bpe import train_byte_bpe
+    from fnbody.train.lm_data import load_or_tokenize
+
+    shard = next((tiny_corpus / "train").glob("*.jsonl.gz"))
+    rows = [json.loads(line) for line in gzip.open(shard, "rt")]
+    for i, r in enumerate(rows):
+        if i % 3 == 0:
+            r["func_name"] = "Cls." + r["func_name"]  # a method: not standalone
+    with gzip.open(shard, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    recs = read_split(tiny_corpus, "train")
+    tok = train_byte_bpe([r["prompt"] + r["body"] for r in recs], vocab_size=300)
+    ids_all = load_or_tokenize(tiny_corpus, "train", tok, None, tmp_path / "c")[0]
+    ids, _, cached = load_or_tokenize(tiny_corpus, "train", tok, None, tmp_path / "c", standalone_only=True)
+    assert not cached  # its own cache entry
+    kept = [r for r in recs if "." not in r["func_name"]]
+    assert 0 < len(kept) < len(recs)
+    assert int((np.asarray(ids) == tok.eos_token_id).sum()) == len(kept) + 1
+    assert int((np.asarray(ids_all) == tok.eos_token_id).sum()) == len(recs) + 1
+
+
 def test_tiny_model_overfits_and_run_folder_loads_in_plain_transformers(tiny_corpus, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

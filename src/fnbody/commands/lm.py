@@ -54,6 +54,9 @@ class LMDataConfig:
     block_size: int = field(default=512, metadata={"help": "tokens per training block"})
     body_only_loss: bool = field(default=False, metadata={"help": "train on body tokens only (prompt tokens are context, not targets)"})
     max_samples: int = field(default=0, metadata={"help": "only the first N functions of each split (0 = all)"})
+    standalone_only: bool = field(default=False, metadata={"help": "train and validate only on module-level functions that name nothing "
+                                                                   "but builtins, their own arguments, locals and imports, common stdlib "
+                                                                   "modules and typing names: HumanEval-like functions"})
     eval_blocks: int = field(default=64, metadata={"help": "valid blocks scored for loss/perplexity per evaluation (0 = all)"})
     eval_batch_size: int = field(default=8, metadata={"help": "blocks per evaluation forward pass"})
     bleu_samples: int = field(default=16, metadata={"help": "fixed valid prompts whose generated bodies are scored with BLEU (0 = off)"})
@@ -233,7 +236,7 @@ def train_lm(corpus_dir: str | Path, out_dir: str | Path, cfg: LMRunConfig, *, r
     try:
         set_seed(cfg.train.seed)  # before building the model, so initialisation is reproducible
         if resume and has_ckpt:
-            check_resume_config(out_dir, cfg, {"model": ("init", "vocab_size"), "data": ("block_size", "body_only_loss", "max_samples", "rag_index", "rag_k", "rag_fraction", "rag_hybrid")})
+            check_resume_config(out_dir, cfg, {"model": ("init", "vocab_size"), "data": ("block_size", "body_only_loss", "max_samples", "standalone_only", "rag_index", "rag_k", "rag_fraction", "rag_hybrid")})
             # The architecture and tokenizer come from the run folder; the checkpoint supplies the weights.
             from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -269,7 +272,8 @@ def train_lm(corpus_dir: str | Path, out_dir: str | Path, cfg: LMRunConfig, *, r
         for rank_turn in (True, False):  # rank 0 tokenises and caches; then the others read the cache
             if dist.is_main == rank_turn:
                 for split in ("train", "valid"):
-                    splits[split] = load_or_tokenize(corpus_dir, split, tokenizer, max_samples, cache_dir, context_fn, context_key)
+                    splits[split] = load_or_tokenize(corpus_dir, split, tokenizer, max_samples, cache_dir, context_fn, context_key,
+                                                     standalone_only=cfg.data.standalone_only)
             barrier(dist)
         train_blocks = PackedBlocks(splits["train"][0], splits["train"][1], cfg.data.block_size, cfg.data.body_only_loss)
         valid_blocks = PackedBlocks(splits["valid"][0], splits["valid"][1], cfg.data.block_size, cfg.data.body_only_loss)

@@ -10,6 +10,7 @@ there is nothing to generate from them.
 from __future__ import annotations
 
 import ast
+import builtins
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
@@ -81,3 +82,43 @@ def function_skip_reason(cfg: FilterConfig, name: str, class_name: str | None, c
     if cfg.min_docstring_tokens and n_doc_tokens < cfg.min_docstring_tokens:
         return "short_docstring"
     return None
+
+
+# Names a standalone function may use without defining them: builtins, the stdlib modules HumanEval-style
+# solutions import at module level, and typing's generic names (signatures annotate with them).
+STANDALONE_MODULES = frozenset({"math", "re", "collections", "itertools", "functools", "string", "heapq", "bisect",
+                                "operator", "typing", "random", "statistics", "fractions", "decimal", "hashlib"})
+STANDALONE_TYPING = frozenset({"List", "Tuple", "Dict", "Set", "Optional", "Union", "Any", "Iterable", "Iterator",
+                               "Sequence", "Callable", "Mapping", "FrozenSet", "Type"})
+
+
+def is_standalone(code: str, func_name: str) -> bool:
+    """True for a module-level function whose code names only builtins, its own arguments, locals, nested
+    definitions and imports, the modules in STANDALONE_MODULES and typing's generic names.
+
+    Such functions look like HumanEval's problems: everything they need is in the signature and body.
+    Methods (a dotted `func_name`), code that does not parse and anything reading a module global are not.
+    """
+    if "." in func_name:
+        return False
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return False
+    if not tree.body or not isinstance(tree.body[0], (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return False
+    defined: set[str] = set()
+    loads: set[str] = set()
+    for node in ast.walk(tree.body[0]):
+        if isinstance(node, ast.Name):
+            (loads if isinstance(node.ctx, ast.Load) else defined).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, ast.arg):
+            defined.add(node.arg)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            defined.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            defined.add(node.name)
+    allowed = defined | STANDALONE_MODULES | STANDALONE_TYPING | set(dir(builtins))
+    return loads <= allowed

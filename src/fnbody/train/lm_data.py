@@ -92,8 +92,10 @@ def tokenize_functions(records, tokenizer, desc: str = "tokenize", contexts: lis
 
 
 def load_or_tokenize(corpus_dir: str | Path, split: str, tokenizer, max_samples: int | None, cache_dir: str | Path,
-                     context_fn=None, context_key: str = "") -> tuple[np.ndarray, np.ndarray, bool]:
+                     context_fn=None, context_key: str = "", standalone_only: bool = False) -> tuple[np.ndarray, np.ndarray, bool]:
     """Tokenised `split` from the cache, or tokenise and cache it; returns (ids, mask, was_cached).
+
+    `standalone_only` keeps only the functions `corpus.filters.is_standalone` accepts (HumanEval-like ones).
 
     `context_fn(records) -> list[str]` adds a context before each prompt (see `tokenize_functions`);
     `context_key` must name everything that decides those contexts, as it joins the cache key.
@@ -107,6 +109,8 @@ def load_or_tokenize(corpus_dir: str | Path, split: str, tokenizer, max_samples:
     }
     if context_fn is not None:
         key_parts["context"] = context_key
+    if standalone_only:
+        key_parts["standalone_only"] = True
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:20]
     folder = Path(cache_dir) / f"{split}-{key}"
     if (folder / "meta.json").exists():
@@ -115,8 +119,12 @@ def load_or_tokenize(corpus_dir: str | Path, split: str, tokenizer, max_samples:
         except (OSError, ValueError):
             shutil.rmtree(folder, ignore_errors=True)  # a damaged cache entry: rebuild it
     records = read_split(corpus_dir, split, max_samples)
+    if standalone_only:
+        from fnbody.corpus.filters import is_standalone
+
+        records = [r for r in records if is_standalone(r["code"], r["func_name"])]
     if not records:
-        raise FnbodyError(f"{corpus_dir}: split {split!r} has no functions")
+        raise FnbodyError(f"{corpus_dir}: split {split!r} has no functions" + (" that are standalone" if standalone_only else ""))
     contexts = context_fn(records) if context_fn is not None else None
     ids, mask = tokenize_functions(records, tokenizer, desc=f"tokenize {split}", contexts=contexts)
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
