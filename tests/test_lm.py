@@ -171,6 +171,17 @@ def test_gguf_init_converts_once_and_keeps_the_weights(tiny_corpus, tmp_path):
     assert any(n.endswith("q_proj") for n in quantized) and not any(n.endswith("down_proj") for n in quantized)
     [[c]] = gen.generate(['def f(x):\n    """Double."""\n'], GenerationConfig(max_new_tokens=8))
     assert c.num_tokens >= 1
+    # `generate --dtype bf16` loads bf16 weights and names the precision in every sample's model field.
+    from fnbody.cli import main
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"task_id": "t/0", "prompt": 'def f(x):\n    """Double."""\n'}) + "\n")
+    out = tmp_path / "bf16.jsonl"
+    assert main(["generate", str(tmp_path / "run"), "--input", str(prompts), "--output", str(out), "--dtype", "bf16",
+                 "--max-new-tokens", "4", "--device", "cpu"]) == 0
+    [row] = map(json.loads, out.read_text().splitlines())
+    assert row["model"] == "lm:run@bf16" and row["task_id"] == "t/0"
+    assert load_generator(tmp_path / "run", device="cpu", dtype="bf16").model.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -51,7 +51,7 @@ def test_server_answers_with_the_models_own_completions(char_rnn_run):
         assert r.status_code == 400 and "max_tokens" in r.json()["error"]["message"]
 
 
-def test_serve_command_wires_run_and_search_index(char_rnn_run, tmp_path, monkeypatch):
+def test_serve_command_wires_run_and_search_index(char_rnn_run, tmp_path, monkeypatch, capsys):
     """`fnbody serve RUN --search INDEX` with a real search run and index; uvicorn.run is intercepted."""
     import uvicorn
 
@@ -76,3 +76,6 @@ def test_serve_command_wires_run_and_search_index(char_rnn_run, tmp_path, monkey
     with TestClient(served["app"]) as c:
         hits8 = c.post("/v1/search", json={"query": "merge two dictionaries", "k": 3}).json()["data"]
     assert len(hits8) == 3 and hits8[0]["score"] == pytest.approx(hits[0]["score"], abs=0.1)
+    capsys.readouterr()
+    assert main(["serve", str(char_rnn_run), "--dtype", "bf16"]) == 2  # a char-RNN has no bf16 transformers weights
+    assert "--dtype bf16 applies to transformers (lm) runs, not to a char-rnn run" in capsys.readouterr().err

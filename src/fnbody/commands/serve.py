@@ -32,15 +32,15 @@ def register(sub, groups) -> None:
                    help="embed /v1/search queries with an int8 copy of the query encoder (CPU; MiniLM ~2x faster, MRR within 0.006)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    from fnbody.commands.generate import add_augment_args, add_model_args
+
+    add_model_args(p)
     p.add_argument("--queue-size", type=int, default=32, help="requests waiting for the model before 429 (default 32)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request, queue wait included (default 120)")
     p.add_argument("--max-tokens-cap", type=int, default=1024, help="largest max_tokens a request may ask (default 1024)")
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="request body limit in bytes (default 65536)")
     p.add_argument("--require-body", action="store_true",
                    help="transformers: no completion ends before a body line has begun (for instruct models)")
-    from fnbody.commands.generate import add_augment_args
-
     add_augment_args(p)
     p.set_defaults(func=cmd_serve)
 
@@ -62,8 +62,7 @@ def check_listen(host: str, port: int) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from fnbody.commands.generate import augment_generator, check_augment_args
-    from fnbody.generate.load import load_generator
+    from fnbody.commands.generate import augment_generator, check_augment_args, load_base
     from fnbody.serve.app import ServeSettings, create_app
 
     if not 0 < args.port < 65536:
@@ -78,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from fnbody.search.index import SearchIndex
 
         index = SearchIndex.load(args.search, device="cpu", quantize=args.search_int8).warm()
-    generator = augment_generator(load_generator(args.run, device=args.device), args)
+    generator = augment_generator(load_base(args), args)
     if not is_loopback(args.host):
         print(f"fnbody: warning: binding {args.host}: the server has no authentication; anyone who can reach "
               f"this address can use the model", file=sys.stderr)

@@ -458,4 +458,4 @@ def load_generator(run_dir: str | Path, device: str = "auto", checkpoint: str | 
     model = model.to(dev).eval()
     if dtype == "int8":
         model = quantize_int8(model)
-    return LMGenerator(model, tokenizer, name=f"lm:{run_dir.resolve().name}")
+    return LMGenerator(model, tokenizer, name=f"lm:{run_dir.resolve().name}" + (f"@{dtype}" if dtype else ""))

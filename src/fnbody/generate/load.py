@@ -16,13 +16,20 @@ LOADERS = {
 }
 
 
-def load_generator(run_dir: str | Path, device: str = "auto", **kwargs) -> Generator:
-    """Load the generator stored in `run_dir` (see `fnbody.config.RUN_INFO` for its kind)."""
+def load_generator(run_dir: str | Path, device: str = "auto", dtype: str | None = None, **kwargs) -> Generator:
+    """Load the generator stored in `run_dir` (see `fnbody.config.RUN_INFO` for its kind).
+
+    `dtype` (fp32, bf16, int8; None = the loader's default) applies to transformers (lm) runs only.
+    """
     info = read_run_info(run_dir)
     kind = info.get("kind")
     target = LOADERS.get(kind)
     if target is None:
         raise FnbodyError(f"{run_dir}: run kind {kind!r} cannot generate; generators are {sorted(LOADERS)}")
+    if dtype is not None:
+        if kind != "lm":
+            raise FnbodyError(f"{run_dir}: --dtype {dtype} applies to transformers (lm) runs, not to a {kind} run")
+        kwargs["dtype"] = dtype
     mod_name, func_name = target.split(":")
     mod = importlib.import_module(mod_name)
     return getattr(mod, func_name)(Path(run_dir), device=device, **kwargs)
