@@ -90,6 +90,7 @@ STANDALONE_MODULES = frozenset({"math", "re", "collections", "itertools", "funct
                                 "operator", "typing", "random", "statistics", "fractions", "decimal", "hashlib"})
 STANDALONE_TYPING = frozenset({"List", "Tuple", "Dict", "Set", "Optional", "Union", "Any", "Iterable", "Iterator",
                                "Sequence", "Callable", "Mapping", "FrozenSet", "Type"})
+_STANDALONE_FREE = STANDALONE_MODULES | STANDALONE_TYPING | frozenset(dir(builtins))
 
 
 def is_standalone(code: str, func_name: str) -> bool:
@@ -120,5 +121,4 @@ def is_standalone(code: str, func_name: str) -> bool:
             defined.update((a.asname or a.name).split(".")[0] for a in node.names)
         elif isinstance(node, ast.ExceptHandler) and node.name:
             defined.add(node.name)
-    allowed = defined | STANDALONE_MODULES | STANDALONE_TYPING | set(dir(builtins))
-    return loads <= allowed
+    return loads <= defined | _STANDALONE_FREE
