@@ -173,7 +173,7 @@ def load_base(args: argparse.Namespace):
     from fnbody.generate.load import load_generator
 
     dtype = getattr(args, "dtype", "auto")
-    gen = load_generator(args.run, device=args.device, **({} if dtype == "auto" else {"dtype": dtype}))
+    gen = load_generator(args.run, device=args.device, dtype=None if dtype == "auto" else dtype)
     if getattr(args, "require_body", False) and not isinstance(gen, LMGenerator):
         print(f"note: --require-body applies to transformers models only; ignored for {gen.name}", file=sys.stderr)
     return gen
